@@ -1,0 +1,383 @@
+//! Declarations of the synced tables. Adding a synced table is adding a
+//! [`TableDecl`]: the merge, the store and the sync code are generic over it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// Record tables are merged per field; ledger tables are insert-only sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Record,
+    Ledger,
+}
+
+/// Outbox lanes, in priority order: a lane earlier in this list is pushed
+/// first and never waits for a later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    Sales,
+    Stock,
+    Catalog,
+    Telemetry,
+}
+
+impl Lane {
+    /// All lanes in priority order.
+    pub const ALL: [Lane; 4] = [Lane::Sales, Lane::Stock, Lane::Catalog, Lane::Telemetry];
+
+    /// The lane's name on the wire and in status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Sales => "sales",
+            Lane::Stock => "stock",
+            Lane::Catalog => "catalog",
+            Lane::Telemetry => "telemetry",
+        }
+    }
+
+    /// Parses a lane name.
+    pub fn parse(s: &str) -> Option<Lane> {
+        Lane::ALL.into_iter().find(|l| l.as_str() == s)
+    }
+}
+
+impl fmt::Display for Lane {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who sees a table's rows: the whole tenant, or only the devices of the
+/// store the row belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Tenant,
+    Store,
+}
+
+/// The type of a declared field. Values are JSON; the type is checked on
+/// every write, local or remote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    Text,
+    Int,
+    Bool,
+    /// A UUID as a string.
+    Id,
+    /// Any JSON value (nested lines, payments...).
+    Json,
+}
+
+/// One declared field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldDecl {
+    pub name: String,
+    pub ty: FieldType,
+    /// Whether a ledger row must carry it; records may omit any field.
+    pub required: bool,
+    /// Longest text accepted, in bytes (texts only).
+    pub text_len_max: usize,
+}
+
+/// One declared synced table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDecl {
+    pub name: String,
+    pub kind: Kind,
+    pub lane: Lane,
+    pub scope: Scope,
+    pub fields: Vec<FieldDecl>,
+    /// For ledgers: the field whose value is indexed as the row's key (the SKU
+    /// of a stock movement, the sale of a refund), so derived values can be
+    /// computed without scanning the table.
+    pub key_field: Option<String>,
+}
+
+/// Why a write or a row does not fit the declarations.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SchemaError {
+    #[error("unknown table '{0}'")]
+    UnknownTable(String),
+    #[error("table '{table}' has no field '{field}'")]
+    UnknownField { table: String, field: String },
+    #[error("field '{table}.{field}' expects {expected}, got {got}")]
+    WrongType { table: String, field: String, expected: &'static str, got: String },
+    #[error("field '{table}.{field}' is required")]
+    Missing { table: String, field: String },
+    #[error("field '{table}.{field}' is longer than {max} bytes")]
+    TooLong { table: String, field: String, max: usize },
+    #[error("table '{0}' is a {1:?} table, not usable this way")]
+    WrongKind(String, Kind),
+    #[error("a row of '{0}' must be a JSON object")]
+    NotObject(String),
+}
+
+/// Builder-style constructors keep declarations short.
+impl TableDecl {
+    /// A record table.
+    pub fn record(name: &str, lane: Lane) -> Self {
+        Self { name: name.into(), kind: Kind::Record, lane, scope: Scope::Tenant, fields: vec![], key_field: None }
+    }
+
+    /// A ledger table.
+    pub fn ledger(name: &str, lane: Lane, scope: Scope) -> Self {
+        Self { name: name.into(), kind: Kind::Ledger, lane, scope, fields: vec![], key_field: None }
+    }
+
+    /// Adds an optional field.
+    pub fn field(mut self, name: &str, ty: FieldType) -> Self {
+        self.fields.push(FieldDecl { name: name.into(), ty, required: false, text_len_max: TEXT_LEN_MAX });
+        self
+    }
+
+    /// Adds a required field.
+    pub fn required(mut self, name: &str, ty: FieldType) -> Self {
+        self.fields.push(FieldDecl { name: name.into(), ty, required: true, text_len_max: TEXT_LEN_MAX });
+        self
+    }
+
+    /// Names the indexed key field of a ledger.
+    pub fn key(mut self, name: &str) -> Self {
+        self.key_field = Some(name.into());
+        self
+    }
+
+    /// Looks a field up.
+    pub fn field_decl(&self, name: &str) -> Option<&FieldDecl> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    /// Checks one field value of this table.
+    pub fn check_value(&self, field: &str, value: &Value) -> Result<(), SchemaError> {
+        if field == crate::merge::EXISTS_FIELD {
+            return match value {
+                Value::Bool(_) => Ok(()),
+                other => Err(self.wrong(field, "a boolean", other)),
+            };
+        }
+        let decl = self
+            .field_decl(field)
+            .ok_or_else(|| SchemaError::UnknownField { table: self.name.clone(), field: field.into() })?;
+        if value.is_null() {
+            return Ok(());
+        }
+        match decl.ty {
+            FieldType::Text => match value {
+                Value::String(s) if s.len() > decl.text_len_max => {
+                    Err(SchemaError::TooLong { table: self.name.clone(), field: field.into(), max: decl.text_len_max })
+                }
+                Value::String(_) => Ok(()),
+                other => Err(self.wrong(field, "a string", other)),
+            },
+            FieldType::Int => match value {
+                Value::Number(n) if n.is_i64() => Ok(()),
+                other => Err(self.wrong(field, "an integer", other)),
+            },
+            FieldType::Bool => match value {
+                Value::Bool(_) => Ok(()),
+                other => Err(self.wrong(field, "a boolean", other)),
+            },
+            FieldType::Id => match value {
+                Value::String(s) if uuid::Uuid::parse_str(s).is_ok() => Ok(()),
+                other => Err(self.wrong(field, "an id", other)),
+            },
+            FieldType::Json => Ok(()),
+        }
+    }
+
+    /// Checks a whole ledger row: an object, only declared fields, required
+    /// fields present, every value of its type.
+    pub fn check_row(&self, data: &Value) -> Result<(), SchemaError> {
+        let obj = data.as_object().ok_or_else(|| SchemaError::NotObject(self.name.clone()))?;
+        for (k, v) in obj {
+            self.check_value(k, v)?;
+        }
+        for f in &self.fields {
+            if f.required && obj.get(&f.name).is_none_or(Value::is_null) {
+                return Err(SchemaError::Missing { table: self.name.clone(), field: f.name.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    fn wrong(&self, field: &str, expected: &'static str, got: &Value) -> SchemaError {
+        let mut got = got.to_string();
+        got.truncate(40);
+        SchemaError::WrongType { table: self.name.clone(), field: field.into(), expected, got }
+    }
+}
+
+/// Longest text field accepted by default, in bytes.
+pub const TEXT_LEN_MAX: usize = 1_000;
+
+/// The set of declared tables.
+#[derive(Clone, Debug)]
+pub struct Schema {
+    tables: Vec<TableDecl>,
+}
+
+impl Schema {
+    /// The tables Tillsync ships with.
+    pub fn standard() -> Self {
+        use FieldType::*;
+        let tables = vec![
+            TableDecl::record(tables::PRODUCTS, Lane::Catalog)
+                .field("sku", Text)
+                .field("name", Text)
+                .field("price_minor", Int)
+                .field("tax_rate_bp", Int)
+                .field("category", Text)
+                .field("barcode", Text)
+                .field("active", Bool),
+            TableDecl::record(tables::CATEGORIES, Lane::Catalog).field("name", Text).field("position", Int),
+            TableDecl::record(tables::TAX_RATES, Lane::Catalog)
+                .field("code", Text)
+                .field("name", Text)
+                .field("rate_bp", Int),
+            TableDecl::record(tables::CUSTOMERS, Lane::Catalog)
+                .field("name", Text)
+                .field("email", Text)
+                .field("phone", Text)
+                .field("note", Text),
+            TableDecl::record(tables::STAFF, Lane::Catalog)
+                .field("name", Text)
+                .field("role", Text)
+                .field("pin_hash", Text)
+                .field("active", Bool),
+            TableDecl::record(tables::SETTINGS, Lane::Catalog)
+                .field("currency", Text)
+                .field("prices_include_tax", Bool)
+                .field("cash_rounding_minor", Int)
+                .field("time_zone", Text)
+                .field("receipt_header", Text),
+            TableDecl::record(tables::POLICIES, Lane::Catalog).field("target", Text).field("mode", Text),
+            TableDecl::ledger(tables::SALES, Lane::Sales, Scope::Store)
+                .required("receipt", Text)
+                .required("device_id", Id)
+                .required("currency", Text)
+                .required("lines", Json)
+                .required("payments", Json)
+                .required("taxes", Json)
+                .required("subtotal_minor", Int)
+                .required("discount_minor", Int)
+                .required("tax_minor", Int)
+                .required("total_minor", Int)
+                .required("rounding_minor", Int)
+                .required("at_ms", Int)
+                .field("staff_id", Id)
+                .field("customer_id", Id)
+                .key("receipt"),
+            TableDecl::ledger(tables::REFUNDS, Lane::Sales, Scope::Store)
+                .required("sale_id", Id)
+                .required("receipt", Text)
+                .required("lines", Json)
+                .required("total_minor", Int)
+                .required("tax_minor", Int)
+                .required("method", Text)
+                .required("at_ms", Int)
+                .field("approved_by", Id)
+                .field("staff_id", Id)
+                .field("reason", Text)
+                .key("sale_id"),
+            TableDecl::ledger(tables::VOIDS, Lane::Sales, Scope::Store)
+                .required("sale_id", Id)
+                .required("at_ms", Int)
+                .field("approved_by", Id)
+                .field("reason", Text)
+                .key("sale_id"),
+            TableDecl::ledger(tables::STOCK_MOVEMENTS, Lane::Stock, Scope::Store)
+                .required("sku", Text)
+                .required("qty", Int)
+                .required("reason", Text)
+                .field("ref_id", Id)
+                .key("sku"),
+            TableDecl::ledger(tables::STOCK_COUNTS, Lane::Stock, Scope::Store)
+                .required("sku", Text)
+                .required("qty", Int)
+                .required("seen", Json)
+                .field("base_count", Id)
+                .key("sku"),
+            TableDecl::ledger(tables::CASH_MOVEMENTS, Lane::Sales, Scope::Store)
+                .required("kind", Text)
+                .required("amount_minor", Int)
+                .required("at_ms", Int)
+                .field("reason", Text)
+                .field("staff_id", Id),
+            TableDecl::ledger(tables::LOYALTY, Lane::Sales, Scope::Store)
+                .required("customer_id", Id)
+                .required("points", Int)
+                .field("sale_id", Id)
+                .key("customer_id"),
+            TableDecl::ledger(tables::AUDIT, Lane::Telemetry, Scope::Store)
+                .required("action", Text)
+                .required("at_ms", Int)
+                .field("target", Text)
+                .field("detail", Text)
+                .field("staff_id", Id),
+        ];
+        Self { tables }
+    }
+
+    /// Adds a table declaration (a new synced table needs nothing more).
+    pub fn with_table(mut self, decl: TableDecl) -> Self {
+        self.tables.retain(|t| t.name != decl.name);
+        self.tables.push(decl);
+        self
+    }
+
+    /// Looks a table up.
+    pub fn table(&self, name: &str) -> Result<&TableDecl, SchemaError> {
+        self.tables.iter().find(|t| t.name == name).ok_or_else(|| SchemaError::UnknownTable(name.into()))
+    }
+
+    /// All declared tables.
+    pub fn tables(&self) -> &[TableDecl] {
+        &self.tables
+    }
+}
+
+/// Names of the standard tables.
+pub mod tables {
+    pub const PRODUCTS: &str = "products";
+    pub const CATEGORIES: &str = "categories";
+    pub const TAX_RATES: &str = "tax_rates";
+    pub const CUSTOMERS: &str = "customers";
+    pub const STAFF: &str = "staff";
+    pub const SETTINGS: &str = "settings";
+    pub const POLICIES: &str = "policies";
+    pub const SALES: &str = "sales";
+    pub const REFUNDS: &str = "refunds";
+    pub const VOIDS: &str = "voids";
+    pub const STOCK_MOVEMENTS: &str = "stock_movements";
+    pub const STOCK_COUNTS: &str = "stock_counts";
+    pub const CASH_MOVEMENTS: &str = "cash_movements";
+    pub const LOYALTY: &str = "loyalty";
+    pub const AUDIT: &str = "audit";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_checked_against_declarations() {
+        let s = Schema::standard();
+        let p = s.table("products").unwrap();
+        assert!(p.check_value("price_minor", &json!(450)).is_ok());
+        assert!(p.check_value("price_minor", &json!("4.50")).is_err());
+        assert!(p.check_value("price_minor", &json!(4.5)).is_err());
+        assert!(p.check_value("colour", &json!("red")).is_err());
+        assert!(p.check_value("_exists", &json!(false)).is_ok());
+        assert!(p.check_value("name", &json!("x".repeat(2_000))).is_err());
+        let m = s.table("stock_movements").unwrap();
+        assert!(m.check_row(&json!({"sku": "A", "qty": 1, "reason": "receive"})).is_ok());
+        assert!(matches!(m.check_row(&json!({"sku": "A", "qty": 1})), Err(SchemaError::Missing { .. })));
+        assert!(m.check_row(&json!([1])).is_err());
+        assert!(s.table("nope").is_err());
+    }
+}
