@@ -1,0 +1,379 @@
+//! Command-line definitions (clap derive; doc comments are the help).
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Tillsync: an offline-first point of sale. Every till keeps selling with
+/// no network; `till` drives tills, the hub and backups.
+#[derive(Parser, Debug)]
+#[command(name = "till", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The till's data folder.
+#[derive(Args, Debug, Clone)]
+pub struct Data {
+    /// The till's data folder.
+    #[arg(long, env = "TILL_DATA")]
+    pub data: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Make a sample till, sell, refund and report: a tour in one command.
+    Demo {
+        /// Folder for the demo's till (default: ./tillsync-demo).
+        #[arg(long, default_value = "tillsync-demo")]
+        dir: PathBuf,
+    },
+    /// Create or manage this till.
+    #[command(subcommand)]
+    Node(NodeCmd),
+    /// Catalogue: add, change, list and show products.
+    #[command(subcommand)]
+    Product(ProductCmd),
+    /// Stock: receive, count and list.
+    #[command(subcommand)]
+    Stock(StockCmd),
+    /// Customers.
+    #[command(subcommand)]
+    Customer(CustomerCmd),
+    /// Staff and their PINs.
+    #[command(subcommand)]
+    Staff(StaffCmd),
+    /// Ring up a sale and print its receipt.
+    Sale(SaleArgs),
+    /// Past sales.
+    #[command(subcommand)]
+    Sales(SalesCmd),
+    /// Refund some or all of a sale (a manager approves).
+    Refund {
+        #[command(flatten)]
+        data: Data,
+        /// Receipt number of the sale, e.g. T1A2-000012.
+        receipt: String,
+        /// Item to refund as SKU:QTY (repeat); none refunds everything left.
+        #[arg(long = "item")]
+        items: Vec<String>,
+        /// The approving manager (name or id).
+        #[arg(long, env = "TILL_MANAGER")]
+        manager: Option<String>,
+        /// The approving manager's PIN.
+        #[arg(long = "manager-pin", env = "TILL_MANAGER_PIN")]
+        manager_pin: Option<String>,
+        /// Why the refund is made.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Void a whole sale (a manager approves).
+    Void {
+        #[command(flatten)]
+        data: Data,
+        /// Receipt number of the sale.
+        receipt: String,
+        /// The approving manager (name or id).
+        #[arg(long, env = "TILL_MANAGER")]
+        manager: Option<String>,
+        /// The approving manager's PIN.
+        #[arg(long = "manager-pin", env = "TILL_MANAGER_PIN")]
+        manager_pin: Option<String>,
+        /// Why the sale is voided.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Cash drawer movements: float, pay-in, pay-out.
+    Cash {
+        #[command(flatten)]
+        data: Data,
+        /// float, pay-in or pay-out.
+        kind: String,
+        /// Amount as a decimal, e.g. 100.00.
+        #[arg(long)]
+        amount: String,
+        /// Why the cash moved.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The day's X report: totals by tender, tax and staff, refunds, cash.
+    Report {
+        #[command(flatten)]
+        data: Data,
+        /// The day as YYYY-MM-DD in the store's time zone (default: today).
+        #[arg(long)]
+        day: Option<String>,
+    },
+    /// The till's identity, pending changes per lane, digest and alerts.
+    Status {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Conflicting edits of the same field.
+    #[command(subcommand)]
+    Conflicts(ConflictsCmd),
+    /// Tenant settings (currency, tax-inclusive prices, cash rounding, ...).
+    #[command(subcommand)]
+    Settings(SettingsCmd),
+    /// Conflict policies of a standalone till (a hub sets them for a tenant).
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// Create a till in an empty data folder.
+    Init {
+        #[command(flatten)]
+        data: Data,
+        /// Work without a hub (a standalone till).
+        #[arg(long)]
+        offline: bool,
+        /// Load the sample catalogue, staff, customers and opening stock.
+        #[arg(long)]
+        sample: bool,
+        /// A name for this till.
+        #[arg(long)]
+        name: Option<String>,
+        /// Currency of a new standalone tenant (ISO code).
+        #[arg(long)]
+        currency: Option<String>,
+        /// The hub's URL (enrolment comes with the hub).
+        #[arg(long)]
+        hub: Option<String>,
+        /// One-time enrolment code from `till hub enrol`.
+        #[arg(long)]
+        code: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProductFieldsArgs {
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Price as a decimal, e.g. 4.50.
+    #[arg(long)]
+    pub price: Option<String>,
+    /// Tax: a rate in percent (20, 5.5) or a tax code (std).
+    #[arg(long)]
+    pub tax: Option<String>,
+    /// Category name.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Barcode (EAN/UPC digits).
+    #[arg(long)]
+    pub barcode: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProductCmd {
+    /// Add a product.
+    Add {
+        #[command(flatten)]
+        data: Data,
+        /// Stock keeping unit: the product's key, the same on every till.
+        #[arg(long)]
+        sku: String,
+        #[command(flatten)]
+        fields: ProductFieldsArgs,
+    },
+    /// Change fields of a product.
+    Update {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        sku: String,
+        #[command(flatten)]
+        fields: ProductFieldsArgs,
+        /// Take the product off sale (false) or back on (true).
+        #[arg(long)]
+        active: Option<bool>,
+    },
+    /// Delete a product.
+    Delete {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        sku: String,
+    },
+    /// List products.
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Show one product with its stock.
+    Show {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        sku: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StockCmd {
+    /// Receive stock.
+    Receive {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        qty: String,
+    },
+    /// Record a stock count.
+    Count {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        sku: String,
+        #[arg(long)]
+        qty: String,
+    },
+    /// Stock on hand of every product (negative means oversold).
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CustomerCmd {
+    /// Add a customer.
+    Add {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+    },
+    /// List customers with loyalty points.
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StaffCmd {
+    /// Add a staff member.
+    Add {
+        #[command(flatten)]
+        data: Data,
+        #[arg(long)]
+        name: String,
+        /// cashier or manager.
+        #[arg(long, default_value = "cashier")]
+        role: String,
+        /// 4 to 8 digits; stored only as a slow hash.
+        #[arg(long)]
+        pin: String,
+    },
+    /// List staff.
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SaleArgs {
+    #[command(flatten)]
+    pub data: Data,
+    /// An item as SKU or SKU:QTY (repeat for more lines).
+    #[arg(long = "item", required = true)]
+    pub items: Vec<String>,
+    /// A payment as cash, card, cash:AMOUNT or card:AMOUNT (repeat to split
+    /// tender); a payment without an amount takes the rest.
+    #[arg(long = "pay", required = true)]
+    pub pays: Vec<String>,
+    /// Customer id (see `till customer list`).
+    #[arg(long)]
+    pub customer: Option<String>,
+    /// Cashier (name or id).
+    #[arg(long)]
+    pub staff: Option<String>,
+    /// Card brand for card payments (e.g. visa).
+    #[arg(long = "card-brand")]
+    pub card_brand: Option<String>,
+    /// Last four digits of the card (never the full number).
+    #[arg(long = "card-last4")]
+    pub card_last4: Option<String>,
+    /// Discount in percent on every line.
+    #[arg(long)]
+    pub discount: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SalesCmd {
+    /// List sales, newest first.
+    List {
+        #[command(flatten)]
+        data: Data,
+        /// Most sales to list.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Show one sale's receipt.
+    Show {
+        #[command(flatten)]
+        data: Data,
+        /// Receipt number.
+        receipt: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConflictsCmd {
+    /// List conflicts (auto, open and resolved).
+    List {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Resolve a conflict.
+    Resolve {
+        #[command(flatten)]
+        data: Data,
+        /// Conflict id (or a unique prefix).
+        id: String,
+        /// local (this till's value), remote (the other) or value=V.
+        #[arg(long)]
+        keep: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SettingsCmd {
+    /// Show the tenant settings.
+    Show {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Set one setting: currency, prices_include_tax, cash_rounding,
+    /// time_zone or receipt_header.
+    Set {
+        #[command(flatten)]
+        data: Data,
+        key: String,
+        value: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Set the policy of TABLE or TABLE.FIELD to lww, first or manual.
+    Set {
+        #[command(flatten)]
+        data: Data,
+        target: String,
+        mode: String,
+    },
+}
