@@ -122,6 +122,16 @@ pub enum Command {
     /// Conflict policies of a standalone till (a hub sets them for a tenant).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Sell in a loop, printing each receipt once it is committed (used by
+    /// the crash test; not for shops).
+    #[command(hide = true)]
+    SellLoop {
+        #[command(flatten)]
+        data: Data,
+        /// How many sales (0: until killed).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -309,6 +309,7 @@ pub fn run(args: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::SellLoop { data, count } => sell_loop(&data.data, count),
         Command::Policy(PolicyCmd::Set { data, target, mode }) => {
             let mut store = open(&data.data)?;
             let p = Policy::parse(&mode).ok_or_else(|| anyhow!("'{mode}' is not a policy: use lww, first or manual"))?;
@@ -532,6 +533,29 @@ fn sales(cmd: SalesCmd, j: bool) -> Result<()> {
                 print!("{}", output::receipt(&s.receipt_header, &sale, Currency::parse(sale["currency"].as_str().unwrap_or("EUR"))?));
             }
         }
+    }
+    Ok(())
+}
+
+/// Sells one espresso at a time, printing each receipt after its commit
+/// returned: a receipt on stdout is a promise that the sale is durable.
+fn sell_loop(dir: &Path, count: u64) -> Result<()> {
+    use std::io::Write as _;
+    let mut store = open(dir)?;
+    let sku = store.products()?.into_iter().next().map(|p| p.sku).ok_or_else(|| anyhow!("the till has no products"))?;
+    let stdout = std::io::stdout();
+    let mut n = 0u64;
+    while count == 0 || n < count {
+        let req = SaleRequest {
+            items: vec![(sku.clone(), 1)],
+            payments: vec![PaymentInput { method: Method::Cash, amount_minor: None, brand: None, last4: None }],
+            ..Default::default()
+        };
+        let out = store.sell(now_ms(), &req)?;
+        let mut lock = stdout.lock();
+        writeln!(lock, "{}", out.receipt)?;
+        lock.flush()?;
+        n += 1;
     }
     Ok(())
 }
