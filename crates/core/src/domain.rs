@@ -14,7 +14,9 @@ pub enum SaleError {
     NoItems,
     #[error("quantity {qty} for {sku} is not allowed: use a whole number of 1 or more")]
     BadQuantity { sku: String, qty: i64 },
-    #[error("payment of {paid} is short of the total {due}: add a --pay for the rest, or use --pay cash without an amount")]
+    #[error(
+        "payment of {paid} is short of the total {due}: add a --pay for the rest, or use --pay cash without an amount"
+    )]
     PaymentShort { due: String, paid: String },
     #[error("the card payment of {amount} is more than the {due} still due: a card pays at most what is due")]
     CardOverpays { amount: String, due: String },
@@ -69,7 +71,10 @@ impl Settings {
                 .and_then(Value::as_str)
                 .and_then(|c| Currency::parse(c).ok())
                 .unwrap_or(d.currency),
-            prices_include_tax: fields.get("prices_include_tax").and_then(Value::as_bool).unwrap_or(d.prices_include_tax),
+            prices_include_tax: fields
+                .get("prices_include_tax")
+                .and_then(Value::as_bool)
+                .unwrap_or(d.prices_include_tax),
             cash_rounding_minor: fields.get("cash_rounding_minor").and_then(Value::as_i64).unwrap_or(0).max(0),
             time_zone: fields.get("time_zone").and_then(Value::as_str).map(str::to_string).unwrap_or(d.time_zone),
             receipt_header: fields.get("receipt_header").and_then(Value::as_str).unwrap_or("").to_string(),
@@ -181,8 +186,16 @@ pub fn price_sale(settings: &Settings, lines: &[LineInput]) -> Result<Priced, Sa
             total_minor: gross,
         });
     }
-    let taxes = taxes.into_iter().map(|(rate_bp, (net_minor, tax_minor))| TaxLine { rate_bp, net_minor, tax_minor }).collect();
-    Ok(Priced { lines: out, taxes, subtotal_minor: subtotal, discount_minor: discount, tax_minor: tax_total, total_minor: total })
+    let taxes =
+        taxes.into_iter().map(|(rate_bp, (net_minor, tax_minor))| TaxLine { rate_bp, net_minor, tax_minor }).collect();
+    Ok(Priced {
+        lines: out,
+        taxes,
+        subtotal_minor: subtotal,
+        discount_minor: discount,
+        tax_minor: tax_total,
+        total_minor: total,
+    })
 }
 
 /// Payment method as typed by the cashier.
@@ -352,7 +365,8 @@ pub fn refund_lines(
         if qty < 1 {
             return Err(SaleError::BadQuantity { sku, qty });
         }
-        let (sold_qty, total, tax) = *sold.get(sku.as_str()).ok_or_else(|| SaleError::NotOnSale { sku: sku.clone() })?;
+        let (sold_qty, total, tax) =
+            *sold.get(sku.as_str()).ok_or_else(|| SaleError::NotOnSale { sku: sku.clone() })?;
         let r = requested.entry(sku.clone()).or_default();
         *r += qty;
         let left = sold_qty - already.get(&sku).copied().unwrap_or(0) - (*r - qty);
@@ -405,7 +419,7 @@ fn luhn(digits: &[u8]) -> bool {
             if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Refuses free text that carries a card number.
@@ -514,7 +528,11 @@ mod tests {
     }
 
     fn line(sku: &str, price: i64, rate: i64, qty: i64, disc: i64) -> LineInput {
-        LineInput { product: ProductSnapshot { sku: sku.into(), name: sku.into(), price_minor: price, tax_rate_bp: rate }, qty, discount_bp: disc }
+        LineInput {
+            product: ProductSnapshot { sku: sku.into(), name: sku.into(), price_minor: price, tax_rate_bp: rate },
+            qty,
+            discount_bp: disc,
+        }
     }
 
     fn pay(method: Method, amount: Option<i64>) -> PaymentInput {
@@ -567,8 +585,14 @@ mod tests {
     #[test]
     fn short_over_and_extra_payments_are_refused() {
         assert!(matches!(settle(eur(), 1000, 0, &[pay(Method::Cash, Some(500))]), Err(SaleError::PaymentShort { .. })));
-        assert!(matches!(settle(eur(), 1000, 0, &[pay(Method::Card, Some(1500))]), Err(SaleError::CardOverpays { .. })));
-        assert!(matches!(settle(eur(), 1000, 0, &[pay(Method::Card, None), pay(Method::Cash, None)]), Err(SaleError::ExtraPayment)));
+        assert!(matches!(
+            settle(eur(), 1000, 0, &[pay(Method::Card, Some(1500))]),
+            Err(SaleError::CardOverpays { .. })
+        ));
+        assert!(matches!(
+            settle(eur(), 1000, 0, &[pay(Method::Card, None), pay(Method::Cash, None)]),
+            Err(SaleError::ExtraPayment)
+        ));
         assert!(matches!(settle(eur(), 1000, 0, &[pay(Method::Cash, Some(0))]), Err(SaleError::BadAmount(_))));
     }
 

@@ -209,7 +209,7 @@ pub struct RowView {
 /// Existence candidates: the existence heads, plus every field head that a
 /// deleting existence head did not see and that did not see it (an update
 /// concurrent with a delete counts as a vote for existence).
-fn existence_candidates<'a>(row_heads: &'a [Write]) -> Vec<(&'a Write, bool)> {
+fn existence_candidates(row_heads: &[Write]) -> Vec<(&Write, bool)> {
     let exists_heads: Vec<&Write> = row_heads.iter().filter(|w| w.field == EXISTS_FIELD).collect();
     let deletes: Vec<&Write> = exists_heads.iter().copied().filter(|w| w.is_delete()).collect();
     let mut out: Vec<(&Write, bool)> = exists_heads.iter().map(|w| (*w, w.value == Value::Bool(true))).collect();
@@ -353,7 +353,14 @@ mod tests {
     }
 
     fn w(i: WriteId, field: &str, value: Value, base: &[WriteId]) -> Write {
-        Write { id: i, table: "products".into(), row: Uuid::from_u128(9), field: field.into(), value, base: base.to_vec() }
+        Write {
+            id: i,
+            table: "products".into(),
+            row: Uuid::from_u128(9),
+            field: field.into(),
+            value,
+            base: base.to_vec(),
+        }
     }
 
     fn heads_after(writes: &[Write]) -> Vec<Write> {

@@ -86,7 +86,11 @@ impl Currency {
             None => (s, ""),
         };
         let digits_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-        if (int.is_empty() && frac.is_empty()) || !digits_ok(int) || !digits_ok(frac) || (s.contains('.') && frac.is_empty()) {
+        if (int.is_empty() && frac.is_empty())
+            || !digits_ok(int)
+            || !digits_ok(frac)
+            || (s.contains('.') && frac.is_empty())
+        {
             return Err(MoneyError::Malformed(input.to_string()));
         }
         if frac.len() as u32 > self.exponent {

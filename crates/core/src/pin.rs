@@ -1,7 +1,7 @@
 //! Staff PINs are stored only as a slow hash (Argon2id).
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Why a PIN is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -12,11 +12,7 @@ pub enum PinError {
 
 /// Checks the shape of a PIN: 4 to 8 ASCII digits.
 pub fn check_pin(pin: &str) -> Result<(), PinError> {
-    if (4..=8).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(())
-    } else {
-        Err(PinError::Shape)
-    }
+    if (4..=8).contains(&pin.len()) && pin.bytes().all(|b| b.is_ascii_digit()) { Ok(()) } else { Err(PinError::Shape) }
 }
 
 /// Hashes a PIN with a salt drawn by the caller.

@@ -79,7 +79,8 @@ mod tests {
         // Received 10; till A counts 8 having seen the receipt; till B sold 3
         // offline, which A's count had not seen.
         let moves = vec![m(1, 10), m(2, -3)];
-        let count = Count { id: Uuid::from_u128(100), hlc: Hlc(5), qty: 8, base_count: None, seen: vec![Uuid::from_u128(1)] };
+        let count =
+            Count { id: Uuid::from_u128(100), hlc: Hlc(5), qty: 8, base_count: None, seen: vec![Uuid::from_u128(1)] };
         assert_eq!(on_hand(std::slice::from_ref(&count), &moves), 5);
         assert_eq!(on_hand(&[], &moves), 7);
     }
@@ -87,8 +88,15 @@ mod tests {
     #[test]
     fn newer_count_follows_its_chain() {
         let moves = vec![m(1, 10), m(2, -1), m(3, -2)];
-        let c1 = Count { id: Uuid::from_u128(100), hlc: Hlc(5), qty: 9, base_count: None, seen: vec![Uuid::from_u128(1)] };
-        let c2 = Count { id: Uuid::from_u128(101), hlc: Hlc(6), qty: 7, base_count: Some(c1.id), seen: vec![Uuid::from_u128(2)] };
+        let c1 =
+            Count { id: Uuid::from_u128(100), hlc: Hlc(5), qty: 9, base_count: None, seen: vec![Uuid::from_u128(1)] };
+        let c2 = Count {
+            id: Uuid::from_u128(101),
+            hlc: Hlc(6),
+            qty: 7,
+            base_count: Some(c1.id),
+            seen: vec![Uuid::from_u128(2)],
+        };
         let counts = vec![c1.clone(), c2];
         assert_eq!(on_hand(&counts, &moves), 5);
         assert_eq!(unseen_since(Some(&c1), &counts, &moves), vec![Uuid::from_u128(2), Uuid::from_u128(3)]);

@@ -60,15 +60,20 @@ impl Store {
             }
         }
         let policy_changed = touched.iter().any(|(t, _)| t == tables::POLICIES);
+        // Policies first: they decide how every other row materialises.
+        for (table, row) in touched.iter().filter(|(t, _)| t == tables::POLICIES) {
+            self.rematerialize(table, *row)?;
+        }
         if policy_changed {
             self.load_policies()?;
         }
-        for (table, row) in &touched {
+        for (table, row) in touched.iter().filter(|(t, _)| t != tables::POLICIES) {
             self.rematerialize(table, *row)?;
         }
         if policy_changed {
             // A policy decides the value and status of every row of its table.
-            let targets: BTreeSet<String> = self.policies.keys().map(|k| k.split('.').next().unwrap_or("").to_string()).collect();
+            let targets: BTreeSet<String> =
+                self.policies.keys().map(|k| k.split('.').next().unwrap_or("").to_string()).collect();
             for t in targets {
                 let rows: Vec<String> = {
                     let mut st = self.conn.prepare("SELECT row_id FROM records WHERE tbl = ?1")?;
@@ -123,7 +128,9 @@ impl Store {
             return Ok(false);
         }
         {
-            let mut st = self.conn.prepare_cached("INSERT OR IGNORE INTO named(named_id, field, namer_id) VALUES (?1, ?2, ?3)")?;
+            let mut st = self
+                .conn
+                .prepare_cached("INSERT OR IGNORE INTO named(named_id, field, namer_id) VALUES (?1, ?2, ?3)")?;
             for b in &w.base {
                 st.execute(params![b.to_string(), w.field, id])?;
             }
@@ -137,7 +144,9 @@ impl Store {
         let heads = self.field_heads(&w.table, w.row, &w.field)?;
         let delta = merge::apply_write(&heads, w, already_named);
         {
-            let mut del = self.conn.prepare_cached("DELETE FROM heads WHERE tbl = ?1 AND row_id = ?2 AND field = ?3 AND write_id = ?4")?;
+            let mut del = self
+                .conn
+                .prepare_cached("DELETE FROM heads WHERE tbl = ?1 AND row_id = ?2 AND field = ?3 AND write_id = ?4")?;
             for r in &delta.remove {
                 del.execute(params![w.table, w.row.to_string(), w.field, r.to_string()])?;
             }
@@ -200,7 +209,8 @@ impl Store {
 
     /// Every stored write of a row (for conflict history).
     fn row_writes(&self, table: &str, row: Uuid) -> Result<Vec<Write>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT id, field, value, base FROM writes WHERE tbl = ?1 AND row_id = ?2")?;
+        let mut st =
+            self.conn.prepare_cached("SELECT id, field, value, base FROM writes WHERE tbl = ?1 AND row_id = ?2")?;
         let rows = st.query_map(params![table, row.to_string()], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
         })?;
@@ -220,11 +230,7 @@ impl Store {
     }
 
     pub(crate) fn policy_for(&self, table: &str, field: &str) -> Policy {
-        self.policies
-            .get(&format!("{table}.{field}"))
-            .or_else(|| self.policies.get(table))
-            .copied()
-            .unwrap_or_default()
+        self.policies.get(&format!("{table}.{field}")).or_else(|| self.policies.get(table)).copied().unwrap_or_default()
     }
 
     /// Recomputes a row's value, existence and current conflicts.
@@ -239,10 +245,10 @@ impl Store {
             )?
             .execute(params![table, row.to_string(), view.exists, data.to_string()])?;
         self.conn
-            .prepare_cached("DELETE FROM conflicts WHERE tbl = ?1 AND row_id = ?2 AND resolver_id IS NULL")?
+            .prepare_cached("DELETE FROM conflicts WHERE tbl = ?1 AND row_id = ?2")?
             .execute(params![table, row.to_string()])?;
         let mut ins = self.conn.prepare_cached(
-            "INSERT OR REPLACE INTO conflicts(id, tbl, row_id, field, status, resolver_id, body) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
+            "INSERT OR REPLACE INTO conflicts(id, tbl, row_id, field, status, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         for c in &view.conflicts {
             let status = serde_json::to_value(c.status)?;
@@ -276,13 +282,11 @@ impl Store {
                 continue;
             }
             let named: Vec<Write> = resolver.base.iter().filter_map(|b| by_id.get(b).map(|x| (*x).clone())).collect();
-            self.conn.prepare_cached("DELETE FROM conflicts WHERE resolver_id = ?1")?.execute([rid.to_string()])?;
+            self.conn.prepare_cached("DELETE FROM resolved WHERE resolver_id = ?1")?.execute([rid.to_string()])?;
             if let Some(c) = merge::resolved_conflict(resolver, &named) {
                 self.conn
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO conflicts(id, tbl, row_id, field, status, resolver_id, body) VALUES (?1, ?2, ?3, ?4, 'resolved', ?5, ?6)",
-                    )?
-                    .execute(params![c.id, c.table, c.row.to_string(), c.field, rid.to_string(), serde_json::to_string(&c)?])?;
+                    .prepare_cached("INSERT INTO resolved(resolver_id, id, tbl, row_id, field, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
+                    .execute(params![rid.to_string(), c.id, c.table, c.row.to_string(), c.field, serde_json::to_string(&c)?])?;
             }
         }
         Ok(())

@@ -11,7 +11,9 @@ pub enum StoreError {
     NotATill(String),
     #[error("{0} already holds a till; choose another folder")]
     AlreadyATill(String),
-    #[error("the till database was written by a newer version of till (schema {found}, this build knows {supported}): upgrade till")]
+    #[error(
+        "the till database was written by a newer version of till (schema {found}, this build knows {supported}): upgrade till"
+    )]
     NewerSchema { found: i64, supported: i64 },
     #[error("the till database is busy: another till process is using it; stop it or try again")]
     Locked,

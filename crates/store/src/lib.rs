@@ -107,8 +107,9 @@ impl Store {
         if !path.is_file() {
             return Err(StoreError::NotATill(dir.display().to_string()));
         }
-        let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| StoreError::from_open(e, &path))?;
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .map_err(|e| StoreError::from_open(e, &path))?;
         configure(&conn).map_err(|e| e.with_path(&path))?;
         migrate::migrate(&conn).map_err(|e| e.with_path(&path))?;
         Self::finish_open(conn, path, schema, ids)
@@ -152,7 +153,8 @@ impl Store {
             mode: get("mode")?,
         };
         let hlc: u64 = get("hlc")?.parse().map_err(|_| StoreError::Corrupt("bad clock reading".into()))?;
-        let mut store = Store { conn, path, schema, identity, clock: HlcClock::new(Hlc(hlc)), ids, policies: HashMap::new() };
+        let mut store =
+            Store { conn, path, schema, identity, clock: HlcClock::new(Hlc(hlc)), ids, policies: HashMap::new() };
         store.load_policies()?;
         Ok(store)
     }
@@ -183,12 +185,18 @@ impl Store {
     }
 
     pub(crate) fn meta_get(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.conn.prepare_cached("SELECT value FROM meta WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?)
     }
 
     pub(crate) fn meta_set(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
-            .prepare_cached("INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?
+            .prepare_cached(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
             .execute(params![key, value])?;
         Ok(())
     }

@@ -52,7 +52,14 @@ impl Local<'_> {
         Ok(self.store.field_heads(table, row, field)?.into_iter().map(|w| w.id).collect())
     }
 
-    fn stage_write(&mut self, table: &str, row: Uuid, field: &str, value: Value, base: Vec<WriteId>) -> Result<(), StoreError> {
+    fn stage_write(
+        &mut self,
+        table: &str,
+        row: Uuid,
+        field: &str,
+        value: Value,
+        base: Vec<WriteId>,
+    ) -> Result<(), StoreError> {
         let id = WriteId { hlc: self.store.clock.tick(self.now_ms), device: self.store.identity.device_id };
         let w = Write { id, table: table.into(), row, field: field.into(), value, base };
         let op = Op::Write(w);
@@ -96,7 +103,14 @@ impl Local<'_> {
     }
 
     /// Resolves a field's conflict: one write naming every head.
-    pub fn resolve(&mut self, table: &str, row: Uuid, field: &str, heads: Vec<WriteId>, value: Value) -> Result<(), StoreError> {
+    pub fn resolve(
+        &mut self,
+        table: &str,
+        row: Uuid,
+        field: &str,
+        heads: Vec<WriteId>,
+        value: Value,
+    ) -> Result<(), StoreError> {
         let mut base = heads;
         if field != exists_field() {
             base.extend(self.heads_of(table, row, exists_field())?);
@@ -134,7 +148,11 @@ impl Store {
     /// Runs one local action in one durable transaction: the closure stages
     /// operations, which are applied and queued in the outbox. Nothing is
     /// written if the closure fails.
-    pub fn write<T>(&mut self, now_ms: u64, f: impl FnOnce(&mut Local<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn write<T>(
+        &mut self,
+        now_ms: u64,
+        f: impl FnOnce(&mut Local<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             let mut local = Local { store: self, ops: Vec::new(), now_ms, staged: BTreeMap::new() };

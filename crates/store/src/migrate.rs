@@ -28,10 +28,14 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE conflicts(
         id TEXT PRIMARY KEY, tbl TEXT NOT NULL, row_id TEXT NOT NULL, field TEXT NOT NULL,
-        status TEXT NOT NULL, resolver_id TEXT, body TEXT NOT NULL
+        status TEXT NOT NULL, body TEXT NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX conflicts_row ON conflicts(tbl, row_id);
-    CREATE INDEX conflicts_resolver ON conflicts(resolver_id);
+    -- Two writes can resolve the same conflict, so resolved ones are kept per resolver.
+    CREATE TABLE resolved(
+        resolver_id TEXT PRIMARY KEY, id TEXT NOT NULL, tbl TEXT NOT NULL, row_id TEXT NOT NULL,
+        field TEXT NOT NULL, body TEXT NOT NULL
+    ) WITHOUT ROWID;
     CREATE TABLE ledger(
         id TEXT PRIMARY KEY, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
         device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL

@@ -63,7 +63,10 @@ pub const SKU_LEN_MAX: usize = 64;
 pub const NAME_LEN_MAX: usize = 200;
 
 fn check_sku(sku: &str) -> Result<(), StoreError> {
-    if sku.is_empty() || sku.len() > SKU_LEN_MAX || !sku.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+    if sku.is_empty()
+        || sku.len() > SKU_LEN_MAX
+        || !sku.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    {
         return Err(StoreError::Invalid(format!(
             "'{sku}' is not a SKU: use 1 to {SKU_LEN_MAX} letters, digits, '-', '_', '.' or '/'"
         )));
@@ -183,7 +186,9 @@ impl Store {
         let id = self.product_id(sku);
         let f = fields.to_fields()?;
         if f.is_empty() {
-            return Err(StoreError::Invalid("nothing to change: give --name, --price, --tax, --category or --barcode".into()));
+            return Err(StoreError::Invalid(
+                "nothing to change: give --name, --price, --tax, --category or --barcode".into(),
+            ));
         }
         self.write(now_ms, |l| {
             if !matches!(l.store().record(tables::PRODUCTS, id)?, Some((true, _))) {
@@ -211,7 +216,13 @@ impl Store {
     /// Adds a named tax rate (code such as "std").
     pub fn add_tax_rate(&mut self, now_ms: u64, code: &str, name: &str, rate_bp: i64) -> Result<Uuid, StoreError> {
         let id = derived_id(self.identity.tenant_id, tables::TAX_RATES, code);
-        self.write(now_ms, |l| l.create(tables::TAX_RATES, id, &[("code", json!(code)), ("name", json!(name)), ("rate_bp", json!(rate_bp))]))?;
+        self.write(now_ms, |l| {
+            l.create(
+                tables::TAX_RATES,
+                id,
+                &[("code", json!(code)), ("name", json!(name)), ("rate_bp", json!(rate_bp))],
+            )
+        })?;
         Ok(id)
     }
 
@@ -219,12 +230,20 @@ impl Store {
     pub fn add_category(&mut self, now_ms: u64, name: &str, position: i64) -> Result<Uuid, StoreError> {
         check_text("a category", name, NAME_LEN_MAX)?;
         let id = derived_id(self.identity.tenant_id, tables::CATEGORIES, name);
-        self.write(now_ms, |l| l.create(tables::CATEGORIES, id, &[("name", json!(name)), ("position", json!(position))]))?;
+        self.write(now_ms, |l| {
+            l.create(tables::CATEGORIES, id, &[("name", json!(name)), ("position", json!(position))])
+        })?;
         Ok(id)
     }
 
     /// Adds a customer.
-    pub fn add_customer(&mut self, now_ms: u64, name: &str, email: Option<&str>, phone: Option<&str>) -> Result<Uuid, StoreError> {
+    pub fn add_customer(
+        &mut self,
+        now_ms: u64,
+        name: &str,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Uuid, StoreError> {
         check_text("a customer name", name, NAME_LEN_MAX)?;
         let mut fields = vec![("name", json!(name))];
         if let Some(e) = email {
@@ -255,7 +274,11 @@ impl Store {
             let salt = l.random_bytes::<16>();
             let hash = pin::hash_pin(pin_code, salt)?;
             let id = l.new_id();
-            l.create(tables::STAFF, id, &[("name", json!(name)), ("role", json!(role)), ("pin_hash", json!(hash)), ("active", json!(true))])?;
+            l.create(
+                tables::STAFF,
+                id,
+                &[("name", json!(name)), ("role", json!(role)), ("pin_hash", json!(hash)), ("active", json!(true))],
+            )?;
             Ok(id)
         })
     }
@@ -263,7 +286,8 @@ impl Store {
     /// Checks a manager's PIN; returns the manager's id.
     pub fn approve(&self, manager: &str, pin_code: &str) -> Result<Uuid, StoreError> {
         let id = self.find_staff(manager)?;
-        let (live, data) = self.record(tables::STAFF, id)?.ok_or_else(|| StoreError::NotFound(format!("staff '{manager}'")))?;
+        let (live, data) =
+            self.record(tables::STAFF, id)?.ok_or_else(|| StoreError::NotFound(format!("staff '{manager}'")))?;
         if !live || data["role"].as_str() != Some("manager") {
             return Err(StoreError::Invalid(format!("{manager} is not a manager: a manager must approve this")));
         }
@@ -312,13 +336,14 @@ impl Store {
         let settings = self.settings()?;
         let mut lines = Vec::with_capacity(req.items.len());
         for (sku, qty) in &req.items {
-            if *qty < 1 || *qty > domain::LINE_QTY_MAX {
+            if !(1..=domain::LINE_QTY_MAX).contains(qty) {
                 return Err(domain::SaleError::BadQuantity { sku: sku.clone(), qty: *qty }.into());
             }
             lines.push(LineInput { product: self.snapshot(sku)?, qty: *qty, discount_bp: req.discount_bp });
         }
         let priced = domain::price_sale(&settings, &lines)?;
-        let (payments, rounding) = domain::settle(settings.currency, priced.total_minor, settings.cash_rounding_minor, &req.payments)?;
+        let (payments, rounding) =
+            domain::settle(settings.currency, priced.total_minor, settings.cash_rounding_minor, &req.payments)?;
         if let Some(c) = req.customer_id
             && !matches!(self.record(tables::CUSTOMERS, c)?, Some((true, _)))
         {
@@ -364,7 +389,10 @@ impl Store {
             }
             l.insert_with_id(tables::SALES, sale_id, data.clone())?;
             for line in &priced.lines {
-                l.insert(tables::STOCK_MOVEMENTS, json!({"sku": line.sku, "qty": -line.qty, "reason": "sale", "ref_id": sale_id}))?;
+                l.insert(
+                    tables::STOCK_MOVEMENTS,
+                    json!({"sku": line.sku, "qty": -line.qty, "reason": "sale", "ref_id": sale_id}),
+                )?;
             }
             if let Some(c) = req.customer_id {
                 // One point per whole currency unit spent.
@@ -373,7 +401,14 @@ impl Store {
                     l.insert(tables::LOYALTY, json!({"customer_id": c, "points": points, "sale_id": sale_id}))?;
                 }
             }
-            Ok(SaleOutcome { sale_id, receipt, total_minor: priced.total_minor, currency: currency.clone(), change_minor, data })
+            Ok(SaleOutcome {
+                sale_id,
+                receipt,
+                total_minor: priced.total_minor,
+                currency: currency.clone(),
+                change_minor,
+                data,
+            })
         })
     }
 
@@ -384,7 +419,8 @@ impl Store {
                 .prepare_cached("SELECT id, data FROM ledger WHERE tbl = 'sales' AND key = ?1")?
                 .query_row([receipt], |r| Ok((r.get(0)?, r.get(1)?))),
         )?;
-        let (id, data) = row.ok_or_else(|| StoreError::NotFound(format!("sale with receipt '{receipt}' (see `till sales list`)")))?;
+        let (id, data) =
+            row.ok_or_else(|| StoreError::NotFound(format!("sale with receipt '{receipt}' (see `till sales list`)")))?;
         Ok((crate::apply::parse_uuid(&id)?, parse_json(&data)?))
     }
 
@@ -437,15 +473,34 @@ impl Store {
             }
             let refund_id = l.insert(tables::REFUNDS, data)?;
             for rl in &refund_lines {
-                l.insert(tables::STOCK_MOVEMENTS, json!({"sku": rl.sku, "qty": rl.qty, "reason": "refund", "ref_id": refund_id}))?;
+                l.insert(
+                    tables::STOCK_MOVEMENTS,
+                    json!({"sku": rl.sku, "qty": rl.qty, "reason": "refund", "ref_id": refund_id}),
+                )?;
             }
-            l.insert(tables::AUDIT, json!({"action": "refund", "at_ms": l.now_ms() as i64, "target": receipt, "staff_id": approved_by}))?;
-            Ok(RefundOutcome { refund_id, sale_id, receipt: receipt.to_string(), total_minor: total, currency, lines: json!(refund_lines) })
+            l.insert(
+                tables::AUDIT,
+                json!({"action": "refund", "at_ms": l.now_ms() as i64, "target": receipt, "staff_id": approved_by}),
+            )?;
+            Ok(RefundOutcome {
+                refund_id,
+                sale_id,
+                receipt: receipt.to_string(),
+                total_minor: total,
+                currency,
+                lines: json!(refund_lines),
+            })
         })
     }
 
     /// Voids a whole sale (a manager approved it); its stock comes back.
-    pub fn void(&mut self, now_ms: u64, receipt: &str, approved_by: Uuid, reason: Option<&str>) -> Result<Uuid, StoreError> {
+    pub fn void(
+        &mut self,
+        now_ms: u64,
+        receipt: &str,
+        approved_by: Uuid,
+        reason: Option<&str>,
+    ) -> Result<Uuid, StoreError> {
         let (sale_id, sale) = self.sale_by_receipt(receipt)?;
         if !self.ledger_by_key(tables::VOIDS, &sale_id.to_string())?.is_empty() {
             return Err(StoreError::Invalid(format!("sale {receipt} is already voided")));
@@ -462,16 +517,22 @@ impl Store {
             }
             let void_id = l.insert(tables::VOIDS, data)?;
             for line in &lines {
-                l.insert(tables::STOCK_MOVEMENTS, json!({"sku": line.sku, "qty": line.qty, "reason": "void", "ref_id": void_id}))?;
+                l.insert(
+                    tables::STOCK_MOVEMENTS,
+                    json!({"sku": line.sku, "qty": line.qty, "reason": "void", "ref_id": void_id}),
+                )?;
             }
-            l.insert(tables::AUDIT, json!({"action": "void", "at_ms": l.now_ms() as i64, "target": receipt, "staff_id": approved_by}))?;
+            l.insert(
+                tables::AUDIT,
+                json!({"action": "void", "at_ms": l.now_ms() as i64, "target": receipt, "staff_id": approved_by}),
+            )?;
             Ok(void_id)
         })
     }
 
     /// Receives stock (a positive movement).
     pub fn receive_stock(&mut self, now_ms: u64, sku: &str, qty: i64) -> Result<Uuid, StoreError> {
-        if qty < 1 || qty > domain::LINE_QTY_MAX {
+        if !(1..=domain::LINE_QTY_MAX).contains(&qty) {
             return Err(domain::SaleError::BadQuantity { sku: sku.into(), qty }.into());
         }
         self.snapshot(sku)?;
@@ -500,7 +561,13 @@ impl Store {
     }
 
     /// Records a cash movement: `float`, `pay_in` or `pay_out`.
-    pub fn cash_movement(&mut self, now_ms: u64, kind: &str, amount_minor: i64, reason: Option<&str>) -> Result<Uuid, StoreError> {
+    pub fn cash_movement(
+        &mut self,
+        now_ms: u64,
+        kind: &str,
+        amount_minor: i64,
+        reason: Option<&str>,
+    ) -> Result<Uuid, StoreError> {
         if !["float", "pay_in", "pay_out"].contains(&kind) {
             return Err(StoreError::Invalid(format!("'{kind}' is not a cash movement: use float, pay_in or pay_out")));
         }
@@ -530,7 +597,9 @@ impl Store {
             return Err(StoreError::Invalid(format!("table '{table}' has no field '{f}'")));
         }
         let id = derived_id(self.identity.tenant_id, tables::POLICIES, target);
-        self.write(now_ms, |l| l.create(tables::POLICIES, id, &[("target", json!(target)), ("mode", json!(mode.as_str()))]))
+        self.write(now_ms, |l| {
+            l.create(tables::POLICIES, id, &[("target", json!(target)), ("mode", json!(mode.as_str()))])
+        })
     }
 
     /// Resolves a conflict: `keep` is "local" (this till's head, or the
@@ -543,7 +612,12 @@ impl Store {
         }
         let me = self.identity.device_id;
         let value = match keep {
-            "local" => c.heads.iter().filter(|h| h.device == me).max_by_key(|h| h.write_id).or_else(|| c.heads.iter().find(|h| Some(h.write_id) == c.chosen)),
+            "local" => c
+                .heads
+                .iter()
+                .filter(|h| h.device == me)
+                .max_by_key(|h| h.write_id)
+                .or_else(|| c.heads.iter().find(|h| Some(h.write_id) == c.chosen)),
             "remote" => c.heads.iter().filter(|h| h.device != me).max_by_key(|h| h.write_id),
             _ => None,
         }
@@ -552,9 +626,9 @@ impl Store {
             ("local" | "remote", Some(v)) => v,
             ("local" | "remote", None) => return Err(StoreError::Invalid(format!("no {keep} value in this conflict"))),
             (other, _) => {
-                let raw = other.strip_prefix("value=").ok_or_else(|| {
-                    StoreError::Invalid("--keep takes local, remote or value=V".into())
-                })?;
+                let raw = other
+                    .strip_prefix("value=")
+                    .ok_or_else(|| StoreError::Invalid("--keep takes local, remote or value=V".into()))?;
                 self.parse_field_value(&c.table, &c.field, raw)?
             }
         };
@@ -578,8 +652,12 @@ impl Store {
         use tillsync_core::schema::FieldType::*;
         let v = match f.ty {
             Int if field.ends_with("_minor") => json!(self.settings()?.currency.parse_minor(raw)?),
-            Int => json!(raw.parse::<i64>().map_err(|_| StoreError::Invalid(format!("'{raw}' is not a whole number")))?),
-            Bool => json!(raw.parse::<bool>().map_err(|_| StoreError::Invalid(format!("'{raw}' is not true or false")))?),
+            Int => {
+                json!(raw.parse::<i64>().map_err(|_| StoreError::Invalid(format!("'{raw}' is not a whole number")))?)
+            }
+            Bool => {
+                json!(raw.parse::<bool>().map_err(|_| StoreError::Invalid(format!("'{raw}' is not true or false")))?)
+            }
             Text | Id | Json => json!(raw),
         };
         decl.check_value(field, &v)?;

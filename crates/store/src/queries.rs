@@ -111,7 +111,8 @@ fn rows_to_vec<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Result<Vec
 impl Store {
     /// Every live row of a record table, as (id, fields).
     pub fn records_of(&self, table: &str) -> Result<Vec<(Uuid, Value)>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT row_id, data FROM records WHERE tbl = ?1 AND live = 1 ORDER BY row_id")?;
+        let mut st =
+            self.conn.prepare_cached("SELECT row_id, data FROM records WHERE tbl = ?1 AND live = 1 ORDER BY row_id")?;
         let rows = rows_to_vec(st.query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?)?;
         rows.into_iter().map(|(id, d)| Ok((parse_uuid(&id)?, parse_json(&d)?))).collect()
     }
@@ -119,15 +120,24 @@ impl Store {
     /// Ledger rows of a table with a given key.
     pub fn ledger_by_key(&self, table: &str, key: &str) -> Result<Vec<(Uuid, Value)>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT id, data FROM ledger WHERE tbl = ?1 AND key = ?2")?;
-        let rows = rows_to_vec(st.query_map(params![table, key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?)?;
+        let rows =
+            rows_to_vec(st.query_map(params![table, key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?)?;
         rows.into_iter().map(|(id, d)| Ok((parse_uuid(&id)?, parse_json(&d)?))).collect()
     }
 
     /// Every ledger row of a table, oldest first.
     pub fn ledger_rows(&self, table: &str) -> Result<Vec<LedgerRow>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT id, store_id, device, hlc, data FROM ledger WHERE tbl = ?1 ORDER BY hlc, id")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, store_id, device, hlc, data FROM ledger WHERE tbl = ?1 ORDER BY hlc, id")?;
         let rows = rows_to_vec(st.query_map([table], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?, r.get::<_, String>(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+            ))
         })?)?;
         rows.into_iter()
             .map(|(id, s, d, h, data)| {
@@ -181,7 +191,9 @@ impl Store {
     /// Stock of every product and of every SKU with movements.
     pub fn stock_list(&self) -> Result<Vec<StockRow>, StoreError> {
         let mut skus: BTreeSet<String> = self.products()?.into_iter().map(|p| p.sku).collect();
-        let mut st = self.conn.prepare_cached("SELECT DISTINCT key FROM ledger WHERE tbl IN ('stock_movements', 'stock_counts')")?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT DISTINCT key FROM ledger WHERE tbl IN ('stock_movements', 'stock_counts')")?;
         for k in rows_to_vec(st.query_map([], |r| r.get::<_, String>(0))?)? {
             skus.insert(k);
         }
@@ -195,7 +207,8 @@ impl Store {
 
     /// The live products, by SKU.
     pub fn products(&self) -> Result<Vec<ProductRow>, StoreError> {
-        let mut out: Vec<ProductRow> = self.records_of(tables::PRODUCTS)?.into_iter().map(|(_, d)| product_row(&d)).collect();
+        let mut out: Vec<ProductRow> =
+            self.records_of(tables::PRODUCTS)?.into_iter().map(|(_, d)| product_row(&d)).collect();
         out.sort_by(|a, b| a.sku.cmp(&b.sku));
         Ok(out)
     }
@@ -210,12 +223,19 @@ impl Store {
 
     /// Sales, newest first, at most `limit_len`.
     pub fn sales(&self, limit_len: usize) -> Result<Vec<SaleSummary>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT id, data FROM ledger WHERE tbl = 'sales' ORDER BY hlc DESC, id DESC LIMIT ?1")?;
-        let rows = rows_to_vec(st.query_map([limit_len as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?)?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT id, data FROM ledger WHERE tbl = 'sales' ORDER BY hlc DESC, id DESC LIMIT ?1")?;
+        let rows =
+            rows_to_vec(st.query_map([limit_len as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?)?;
         let mut out = Vec::with_capacity(rows.len());
         for (id, d) in rows {
             let v = parse_json(&d)?;
-            let refunded: i64 = self.ledger_by_key(tables::REFUNDS, &id)?.iter().map(|(_, r)| r["total_minor"].as_i64().unwrap_or(0)).sum();
+            let refunded: i64 = self
+                .ledger_by_key(tables::REFUNDS, &id)?
+                .iter()
+                .map(|(_, r)| r["total_minor"].as_i64().unwrap_or(0))
+                .sum();
             let voided = !self.ledger_by_key(tables::VOIDS, &id)?.is_empty();
             out.push(SaleSummary {
                 sale_id: parse_uuid(&id)?,
@@ -248,7 +268,8 @@ impl Store {
         for r in self.ledger_rows(tables::SALES)? {
             sales.insert(r.id, r.data.clone());
             if in_range(&r.data) {
-                let who = r.data["staff_id"].as_str().and_then(|s| staff.get(s)).cloned().unwrap_or_else(|| "(none)".into());
+                let who =
+                    r.data["staff_id"].as_str().and_then(|s| staff.get(s)).cloned().unwrap_or_else(|| "(none)".into());
                 rep.add_sale(&r.data, &who);
             }
         }
@@ -276,20 +297,29 @@ impl Store {
 
     /// All conflicts: current (`auto`, `open`) and `resolved`.
     pub fn conflicts(&self) -> Result<Vec<Conflict>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT body FROM conflicts ORDER BY tbl, row_id, field, id")?;
+        // Several writes may have resolved the same conflict: list it once.
+        let mut st = self.conn.prepare_cached(
+            "SELECT body FROM conflicts UNION ALL SELECT body FROM (SELECT body, id FROM resolved GROUP BY id)",
+        )?;
         let rows = rows_to_vec(st.query_map([], |r| r.get::<_, String>(0))?)?;
-        rows.iter().map(|b: &String| Ok(serde_json::from_str(b)?)).collect()
+        let mut out: Vec<Conflict> = rows.iter().map(|b: &String| serde_json::from_str(b)).collect::<Result<_, _>>()?;
+        out.sort_by(|a, b| (&a.table, a.row, &a.field, &a.id).cmp(&(&b.table, b.row, &b.field, &b.id)));
+        Ok(out)
     }
 
     /// One conflict by id (or unique id prefix).
     pub fn conflict(&self, id: &str) -> Result<Conflict, StoreError> {
-        let matches: Vec<Conflict> = self.conflicts()?.into_iter().filter(|c| c.id.starts_with(id) && !id.is_empty()).collect();
+        let matches: Vec<Conflict> =
+            self.conflicts()?.into_iter().filter(|c| c.id.starts_with(id) && !id.is_empty()).collect();
         // A resolved entry and a current one never share an id; prefer the current one.
         let mut current = matches.iter().filter(|c| c.status != ConflictStatus::Resolved);
         if let Some(c) = current.next() {
             return Ok(c.clone());
         }
-        matches.into_iter().next().ok_or_else(|| StoreError::NotFound(format!("conflict '{id}' (see `till conflicts list`)")))
+        matches
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::NotFound(format!("conflict '{id}' (see `till conflicts list`)")))
     }
 
     /// Derived alerts: oversold SKUs and over-refunded sales.
@@ -304,7 +334,12 @@ impl Store {
             }
         }
         for (sale_id, by_sku) in refunded {
-            let sale = self.conn.query_row("SELECT data FROM ledger WHERE id = ?1 AND tbl = 'sales'", [&sale_id], |r| r.get::<_, String>(0)).optional()?;
+            let sale = self
+                .conn
+                .query_row("SELECT data FROM ledger WHERE id = ?1 AND tbl = 'sales'", [&sale_id], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?;
             let Some(sale) = sale else { continue };
             let sale = parse_json(&sale)?;
             let voided = !self.ledger_by_key(tables::VOIDS, &sale_id)?.is_empty();
@@ -332,8 +367,11 @@ impl Store {
 
     /// Changes of this till in one lane with a sequence above `after_seq`.
     pub fn outbox(&self, lane: Lane, after_seq: u64, limit_len: usize) -> Result<Vec<Change>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT change FROM outbox WHERE lane = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
-        let rows = rows_to_vec(st.query_map(params![lane.as_str(), after_seq as i64, limit_len as i64], |r| r.get::<_, String>(0))?)?;
+        let mut st =
+            self.conn.prepare_cached("SELECT change FROM outbox WHERE lane = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")?;
+        let rows = rows_to_vec(
+            st.query_map(params![lane.as_str(), after_seq as i64, limit_len as i64], |r| r.get::<_, String>(0))?,
+        )?;
         rows.iter().map(|c| Ok(serde_json::from_str(c)?)).collect()
     }
 

@@ -60,17 +60,16 @@ pub const PRODUCTS: &[(&str, &str, &str, i64, &str, i64)] = &[
 ];
 
 /// (code, name, rate in basis points).
-pub const TAX_RATES: &[(&str, &str, i64)] = &[("std", "Standard", 2000), ("reduced", "Reduced", 550), ("zero", "Zero", 0)];
+pub const TAX_RATES: &[(&str, &str, i64)] =
+    &[("std", "Standard", 2000), ("reduced", "Reduced", 550), ("zero", "Zero", 0)];
 
 /// (name, role, PIN). Documented in the README so a newcomer can sign in.
-pub const STAFF: &[(&str, &str, &str)] = &[("Alex", "manager", "1234"), ("Sam", "cashier", "1111"), ("Jo", "cashier", "2222")];
+pub const STAFF: &[(&str, &str, &str)] =
+    &[("Alex", "manager", "1234"), ("Sam", "cashier", "1111"), ("Jo", "cashier", "2222")];
 
 /// (name, email).
-pub const CUSTOMERS: &[(&str, &str)] = &[
-    ("Maria Rossi", "maria@example.com"),
-    ("Tom Becker", "tom@example.com"),
-    ("Aiko Tanaka", "aiko@example.com"),
-];
+pub const CUSTOMERS: &[(&str, &str)] =
+    &[("Maria Rossi", "maria@example.com"), ("Tom Becker", "tom@example.com"), ("Aiko Tanaka", "aiko@example.com")];
 
 /// Loads the sample data into a store. With `with_stock`, also receives the
 /// opening stock (a hub seeds it once for the whole tenant).

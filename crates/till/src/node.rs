@@ -80,7 +80,9 @@ fn parse_item(s: &str) -> Result<(String, i64)> {
 fn refuse_card_numbers<'a>(args: impl IntoIterator<Item = &'a String>) -> Result<()> {
     for a in args {
         if domain::contains_card_number(a) {
-            bail!("an argument looks like a full card number; card numbers are never stored: give only --card-last4 with the last four digits");
+            bail!(
+                "an argument looks like a full card number; card numbers are never stored: give only --card-last4 with the last four digits"
+            );
         }
     }
     Ok(())
@@ -107,7 +109,8 @@ fn tax_bp(store: &Store, s: &str) -> Result<i64> {
             return Ok(t["rate_bp"].as_i64().unwrap_or(0));
         }
     }
-    Ok(money::parse_rate_bp(s).map_err(|_| anyhow!("'{s}' is not a tax rate: give a percentage such as 20 or a tax code such as std"))?)
+    Ok(money::parse_rate_bp(s)
+        .map_err(|_| anyhow!("'{s}' is not a tax rate: give a percentage such as 20 or a tax code such as std"))?)
 }
 
 fn product_fields(store: &Store, f: &ProductFieldsArgs, active: Option<bool>) -> Result<ProductFields> {
@@ -155,11 +158,22 @@ pub fn run(args: Cli) -> Result<()> {
             let store = init_offline(&data.data, name.as_deref(), currency.as_deref(), sample)?;
             let id = store.identity();
             if j {
-                output::json(&json!({"device_id": id.device_id, "tenant_id": id.tenant_id, "store_id": id.store_id, "receipt_prefix": id.receipt_prefix, "data": data.data}));
+                output::json(
+                    &json!({"device_id": id.device_id, "tenant_id": id.tenant_id, "store_id": id.store_id, "receipt_prefix": id.receipt_prefix, "data": data.data}),
+                );
             } else {
-                println!("till '{}' created in {} (device {}, receipts {}-...)", id.name, data.data.display(), id.device_id, id.receipt_prefix);
+                println!(
+                    "till '{}' created in {} (device {}, receipts {}-...)",
+                    id.name,
+                    data.data.display(),
+                    id.device_id,
+                    id.receipt_prefix
+                );
                 if sample {
-                    println!("sample data loaded: {} products, staff Alex (manager, PIN 1234), Sam (1111), Jo (2222)", sample::PRODUCTS.len());
+                    println!(
+                        "sample data loaded: {} products, staff Alex (manager, PIN 1234), Sam (1111), Jo (2222)",
+                        sample::PRODUCTS.len()
+                    );
                 }
             }
             Ok(())
@@ -178,7 +192,9 @@ pub fn run(args: Cli) -> Result<()> {
             let by = approve(&store, &manager, &manager_pin, "refund")?;
             let r = store.refund(now_ms(), &receipt, &items, by, reason.as_deref())?;
             if j {
-                output::json(&json!({"refund_id": r.refund_id, "sale_id": r.sale_id, "receipt": r.receipt, "total_minor": r.total_minor, "currency": r.currency, "lines": r.lines}));
+                output::json(
+                    &json!({"refund_id": r.refund_id, "sale_id": r.sale_id, "receipt": r.receipt, "total_minor": r.total_minor, "currency": r.currency, "lines": r.lines}),
+                );
             } else {
                 let cur = Currency::parse(&r.currency)?;
                 println!("refunded {} on {}", cur.display(r.total_minor), r.receipt);
@@ -231,8 +247,14 @@ pub fn run(args: Cli) -> Result<()> {
                 output::json(&s);
             } else {
                 println!("till {} ({}) device {}", s.name, s.mode, s.device_id);
-                println!("pending: {}", s.pending.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
-                println!("conflicts open: {}, oversold SKUs: {}, over-refunded sales: {}", s.conflicts_open, s.oversold, s.over_refunded);
+                println!(
+                    "pending: {}",
+                    s.pending.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                );
+                println!(
+                    "conflicts open: {}, oversold SKUs: {}, over-refunded sales: {}",
+                    s.conflicts_open, s.oversold, s.over_refunded
+                );
                 println!("state digest: {}", s.state_digest);
             }
             Ok(())
@@ -255,7 +277,14 @@ pub fn run(args: Cli) -> Result<()> {
             } else {
                 for c in cs {
                     let vals: Vec<String> = c.heads.iter().map(|h| h.value.to_string()).collect();
-                    println!("{}  {:<8} {}.{}  {}", c.id, format!("{:?}", c.status).to_lowercase(), c.table, c.field, vals.join(" | "));
+                    println!(
+                        "{}  {:<8} {}.{}  {}",
+                        c.id,
+                        format!("{:?}", c.status).to_lowercase(),
+                        c.table,
+                        c.field,
+                        vals.join(" | ")
+                    );
                 }
             }
             Ok(())
@@ -289,17 +318,22 @@ pub fn run(args: Cli) -> Result<()> {
             let cur = store.settings()?.currency;
             let (field, v) = match key.as_str() {
                 "currency" => ("currency", json!(Currency::parse(&value)?.code())),
-                "prices_include_tax" => ("prices_include_tax", json!(value.parse::<bool>().map_err(|_| anyhow!("use true or false"))?)),
+                "prices_include_tax" => {
+                    ("prices_include_tax", json!(value.parse::<bool>().map_err(|_| anyhow!("use true or false"))?))
+                }
                 "cash_rounding" => ("cash_rounding_minor", json!(cur.parse_minor(&value)?)),
                 "time_zone" => {
-                    jiff::tz::TimeZone::get(&value).map_err(|_| anyhow!("'{value}' is not a time zone: use a name such as Europe/Paris"))?;
+                    jiff::tz::TimeZone::get(&value)
+                        .map_err(|_| anyhow!("'{value}' is not a time zone: use a name such as Europe/Paris"))?;
                     ("time_zone", json!(value))
                 }
                 "receipt_header" => {
                     domain::check_free_text(&value)?;
                     ("receipt_header", json!(value))
                 }
-                other => bail!("unknown setting '{other}': use currency, prices_include_tax, cash_rounding, time_zone or receipt_header"),
+                other => bail!(
+                    "unknown setting '{other}': use currency, prices_include_tax, cash_rounding, time_zone or receipt_header"
+                ),
             };
             store.set_settings(now_ms(), &[(field, v.clone())])?;
             if j {
@@ -312,7 +346,8 @@ pub fn run(args: Cli) -> Result<()> {
         Command::SellLoop { data, count } => sell_loop(&data.data, count),
         Command::Policy(PolicyCmd::Set { data, target, mode }) => {
             let mut store = open(&data.data)?;
-            let p = Policy::parse(&mode).ok_or_else(|| anyhow!("'{mode}' is not a policy: use lww, first or manual"))?;
+            let p =
+                Policy::parse(&mode).ok_or_else(|| anyhow!("'{mode}' is not a policy: use lww, first or manual"))?;
             store.set_policy(now_ms(), &target, p)?;
             if j {
                 output::json(&json!({"target": target, "mode": mode}));
@@ -327,7 +362,13 @@ pub fn run(args: Cli) -> Result<()> {
 fn print_report(day: &str, r: &tillsync_core::domain::XReport, cur: Currency) {
     let m = |v: i64| cur.format_minor(v);
     println!("X report for {day} ({})", cur.code());
-    println!("  sales: {}   gross: {}   discounts: {}   tax: {}", r.sales_count, m(r.gross_minor), m(r.discount_minor), m(r.tax_minor));
+    println!(
+        "  sales: {}   gross: {}   discounts: {}   tax: {}",
+        r.sales_count,
+        m(r.gross_minor),
+        m(r.discount_minor),
+        m(r.tax_minor)
+    );
     println!("  by tender:");
     for (k, v) in &r.by_tender {
         println!("    {k:<10}{:>12}", m(*v));
@@ -340,7 +381,13 @@ fn print_report(day: &str, r: &tillsync_core::domain::XReport, cur: Currency) {
     for (k, v) in &r.by_staff {
         println!("    {k:<10}{:>12}", m(*v));
     }
-    println!("  refunds: {} ({})   voids: {} ({})", r.refunds_count, m(r.refunds_minor), r.voids_count, m(r.voids_minor));
+    println!(
+        "  refunds: {} ({})   voids: {} ({})",
+        r.refunds_count,
+        m(r.refunds_minor),
+        r.voids_count,
+        m(r.voids_minor)
+    );
     for (k, v) in &r.cash_movements {
         println!("  cash {k}: {}", m(*v));
     }
@@ -355,7 +402,11 @@ fn product(cmd: ProductCmd, j: bool) -> Result<()> {
             let f = product_fields(&store, &fields, None)?;
             store.add_product(now_ms(), &sku, &f)?;
             let p = store.product(&sku)?;
-            if j { output::json(&p) } else { println!("added {} {} at {}", p.sku, p.name, store.settings()?.currency.display(p.price_minor)) }
+            if j {
+                output::json(&p)
+            } else {
+                println!("added {} {} at {}", p.sku, p.name, store.settings()?.currency.display(p.price_minor))
+            }
         }
         ProductCmd::Update { data, sku, fields, active } => {
             let mut store = open(&data.data)?;
@@ -377,7 +428,14 @@ fn product(cmd: ProductCmd, j: bool) -> Result<()> {
             } else {
                 let cur = store.settings()?.currency;
                 for p in ps {
-                    println!("{:<14} {:<30} {:>10}  {:<6} {}", p.sku, p.name, cur.format_minor(p.price_minor), money::format_rate_bp(p.tax_rate_bp), p.category.unwrap_or_default());
+                    println!(
+                        "{:<14} {:<30} {:>10}  {:<6} {}",
+                        p.sku,
+                        p.name,
+                        cur.format_minor(p.price_minor),
+                        money::format_rate_bp(p.tax_rate_bp),
+                        p.category.unwrap_or_default()
+                    );
                 }
             }
         }
@@ -406,7 +464,11 @@ fn stock(cmd: StockCmd, j: bool) -> Result<()> {
             let q = parse_qty(&qty, &sku)?;
             store.receive_stock(now_ms(), &sku, q)?;
             let on_hand = store.on_hand(&sku)?;
-            if j { output::json(&json!({"sku": sku, "received": q, "on_hand": on_hand})) } else { println!("received {q} of {sku}; on hand {on_hand}") }
+            if j {
+                output::json(&json!({"sku": sku, "received": q, "on_hand": on_hand}))
+            } else {
+                println!("received {q} of {sku}; on hand {on_hand}")
+            }
         }
         StockCmd::Count { data, sku, qty } => {
             let mut store = open(&data.data)?;
@@ -434,20 +496,34 @@ fn customer(cmd: CustomerCmd, j: bool) -> Result<()> {
         CustomerCmd::Add { data, name, email, phone } => {
             let mut store = open(&data.data)?;
             let id = store.add_customer(now_ms(), &name, email.as_deref(), phone.as_deref())?;
-            if j { output::json(&json!({"customer_id": id, "name": name})) } else { println!("added customer {name} ({id})") }
+            if j {
+                output::json(&json!({"customer_id": id, "name": name}))
+            } else {
+                println!("added customer {name} ({id})")
+            }
         }
         CustomerCmd::List { data } => {
             let store = open(&data.data)?;
             let mut out = vec![];
             for (id, d) in store.records_of(tables::CUSTOMERS)? {
-                let points: i64 = store.ledger_by_key(tables::LOYALTY, &id.to_string())?.iter().map(|(_, r)| r["points"].as_i64().unwrap_or(0)).sum();
+                let points: i64 = store
+                    .ledger_by_key(tables::LOYALTY, &id.to_string())?
+                    .iter()
+                    .map(|(_, r)| r["points"].as_i64().unwrap_or(0))
+                    .sum();
                 out.push(json!({"customer_id": id, "name": d["name"], "email": d["email"], "phone": d["phone"], "points": points}));
             }
             if j {
                 output::json(&out);
             } else {
                 for c in out {
-                    println!("{}  {:<24} {:<26} {} pts", c["customer_id"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or(""), c["email"].as_str().unwrap_or(""), c["points"]);
+                    println!(
+                        "{}  {:<24} {:<26} {} pts",
+                        c["customer_id"].as_str().unwrap_or(""),
+                        c["name"].as_str().unwrap_or(""),
+                        c["email"].as_str().unwrap_or(""),
+                        c["points"]
+                    );
                 }
             }
         }
@@ -460,7 +536,11 @@ fn staff(cmd: StaffCmd, j: bool) -> Result<()> {
         StaffCmd::Add { data, name, role, pin } => {
             let mut store = open(&data.data)?;
             let id = store.add_staff(now_ms(), &name, &role, &pin)?;
-            if j { output::json(&json!({"staff_id": id, "name": name, "role": role})) } else { println!("added {role} {name} ({id})") }
+            if j {
+                output::json(&json!({"staff_id": id, "name": name, "role": role}))
+            } else {
+                println!("added {role} {name} ({id})")
+            }
         }
         StaffCmd::List { data } => {
             let store = open(&data.data)?;
@@ -473,7 +553,12 @@ fn staff(cmd: StaffCmd, j: bool) -> Result<()> {
                 output::json(&out);
             } else {
                 for s in out {
-                    println!("{}  {:<20} {}", s["staff_id"].as_str().unwrap_or(""), s["name"].as_str().unwrap_or(""), s["role"].as_str().unwrap_or(""));
+                    println!(
+                        "{}  {:<20} {}",
+                        s["staff_id"].as_str().unwrap_or(""),
+                        s["name"].as_str().unwrap_or(""),
+                        s["role"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
@@ -487,7 +572,8 @@ fn sale(a: SaleArgs, j: bool) -> Result<()> {
     let settings = store.settings()?;
     let cur = settings.currency;
     let items = a.items.iter().map(|i| parse_item(i)).collect::<Result<Vec<_>>>()?;
-    let payments = a.pays.iter().map(|p| parse_pay(p, cur, &a.card_brand, &a.card_last4)).collect::<Result<Vec<_>>>()?;
+    let payments =
+        a.pays.iter().map(|p| parse_pay(p, cur, &a.card_brand, &a.card_last4)).collect::<Result<Vec<_>>>()?;
     let customer_id = a
         .customer
         .as_deref()
@@ -498,8 +584,10 @@ fn sale(a: SaleArgs, j: bool) -> Result<()> {
     let req = SaleRequest { items, payments, customer_id, staff_id, discount_bp };
     let out = store.sell(now_ms(), &req)?;
     if j {
-        output::json(&json!({"sale_id": out.sale_id, "receipt": out.receipt, "total_minor": out.total_minor, "currency": out.currency,
-            "change_minor": out.change_minor, "payments": out.data["payments"]}));
+        output::json(
+            &json!({"sale_id": out.sale_id, "receipt": out.receipt, "total_minor": out.total_minor, "currency": out.currency,
+            "change_minor": out.change_minor, "payments": out.data["payments"]}),
+        );
     } else {
         print!("{}", output::receipt(&settings.receipt_header, &out.data, cur));
     }
@@ -516,7 +604,13 @@ fn sales(cmd: SalesCmd, j: bool) -> Result<()> {
             } else {
                 let cur = store.settings()?.currency;
                 for s in rows {
-                    let flag = if s.voided { " VOID" } else if s.refunded_minor > 0 { " refunded" } else { "" };
+                    let flag = if s.voided {
+                        " VOID"
+                    } else if s.refunded_minor > 0 {
+                        " refunded"
+                    } else {
+                        ""
+                    };
                     println!("{:<14} {:>12}{flag}", s.receipt, cur.format_minor(s.total_minor));
                 }
             }
@@ -530,7 +624,14 @@ fn sales(cmd: SalesCmd, j: bool) -> Result<()> {
                 output::json(&v);
             } else {
                 let s = store.settings()?;
-                print!("{}", output::receipt(&s.receipt_header, &sale, Currency::parse(sale["currency"].as_str().unwrap_or("EUR"))?));
+                print!(
+                    "{}",
+                    output::receipt(
+                        &s.receipt_header,
+                        &sale,
+                        Currency::parse(sale["currency"].as_str().unwrap_or("EUR"))?
+                    )
+                );
             }
         }
     }

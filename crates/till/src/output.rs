@@ -53,7 +53,11 @@ pub fn receipt(header: &str, sale: &Value, cur: Currency) -> String {
                     Some("card") | None => String::new(),
                     Some(b) => format!(" {b}"),
                 };
-                out.push_str(&format!("{:<28}{:>12}\n", truncate(&format!("Card{brand}{last4}"), 28), m(&p["amount_minor"])));
+                out.push_str(&format!(
+                    "{:<28}{:>12}\n",
+                    truncate(&format!("Card{brand}{last4}"), 28),
+                    m(&p["amount_minor"])
+                ));
             }
         }
     }
