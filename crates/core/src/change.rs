@@ -75,8 +75,15 @@ impl Change {
     /// A digest of the change's content, so the same sequence carrying a
     /// different change (a cloned till) is told apart from a retry.
     pub fn digest(&self) -> String {
-        let bytes = serde_json::to_vec(self).expect("changes serialize");
-        hex(&Sha256::digest(&bytes))
+        self.encode().1
+    }
+
+    /// The change as JSON and the digest of exactly those bytes, computed
+    /// in one serialisation.
+    pub fn encode(&self) -> (String, String) {
+        let json = serde_json::to_string(self).expect("changes serialize");
+        let digest = hex(&Sha256::digest(json.as_bytes()));
+        (json, digest)
     }
 
     /// The highest clock reading in the change.

@@ -185,9 +185,10 @@ impl Store {
             .prepare_cached("UPDATE lanes SET next_seq = next_seq + 1 WHERE lane = ?1 RETURNING next_seq - 1")?
             .query_row([lane.as_str()], |r| r.get(0))?;
         let change = Change { device: self.identity.device_id, lane, seq: seq as u64, hlc: self.clock.last(), ops };
+        let (json, digest) = change.encode();
         self.conn
             .prepare_cached("INSERT INTO outbox(lane, seq, digest, change) VALUES (?1, ?2, ?3, ?4)")?
-            .execute(params![lane.as_str(), seq, change.digest(), serde_json::to_string(&change)?])?;
+            .execute(params![lane.as_str(), seq, digest, json])?;
         self.meta_set("hlc", &self.clock.last().0.to_string())?;
         Ok(change)
     }

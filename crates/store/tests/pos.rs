@@ -1,0 +1,184 @@
+//! Store behaviour at its boundary: offline sales on two tills, derived
+//! alerts, receipts, clock persistence and schema versions.
+
+use std::collections::BTreeSet;
+use tillsync_core::domain::{Method, PaymentInput};
+use tillsync_core::{IdGen, Lane, Schema};
+use tillsync_store::{Identity, ProductFields, SaleRequest, Store, StoreError};
+use uuid::Uuid;
+
+fn identity(n: u128) -> Identity {
+    Identity {
+        tenant_id: Uuid::from_u128(1),
+        store_id: Uuid::from_u128(2),
+        device_id: Uuid::from_u128(0xd0 + n),
+        receipt_prefix: format!("T{n}"),
+        name: format!("till {n}"),
+        mode: "standalone".into(),
+    }
+}
+
+fn cash() -> PaymentInput {
+    PaymentInput { method: Method::Cash, amount_minor: None, brand: None, last4: None }
+}
+
+fn sell(s: &mut Store, now: u64, sku: &str, qty: i64) -> String {
+    s.sell(now, &SaleRequest { items: vec![(sku.into(), qty)], payments: vec![cash()], ..Default::default() })
+        .unwrap()
+        .receipt
+}
+
+fn sync(from: &Store, to: &mut Store) {
+    for lane in Lane::ALL {
+        for c in from.outbox(lane, 0, 10_000).unwrap() {
+            to.apply_remote(&c).unwrap();
+        }
+    }
+}
+
+/// Two tills sharing one catalogue (the second received the first's catalogue).
+fn pair() -> (Store, Store) {
+    let mut a = Store::in_memory(identity(1), Schema::standard(), IdGen::from_u64(1)).unwrap();
+    let mut b = Store::in_memory(identity(2), Schema::standard(), IdGen::from_u64(2)).unwrap();
+    let f = ProductFields {
+        name: Some("Mug".into()),
+        price_minor: Some(1200),
+        tax_rate_bp: Some(2000),
+        ..Default::default()
+    };
+    a.add_product(1_000, "MUG", &f).unwrap();
+    a.receive_stock(1_001, "MUG", 1).unwrap();
+    a.add_staff(1_002, "Alex", "manager", "1234").unwrap();
+    sync(&a, &mut b);
+    (a, b)
+}
+
+#[test]
+fn two_tills_selling_the_last_unit_offline_both_succeed_and_show_oversold() {
+    let (mut a, mut b) = pair();
+    sell(&mut a, 2_000, "MUG", 1);
+    sell(&mut b, 2_001, "MUG", 1);
+    assert_eq!(a.on_hand("MUG").unwrap(), 0);
+    assert!(a.alerts().unwrap().oversold.is_empty());
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    for s in [&a, &b] {
+        assert_eq!(s.on_hand("MUG").unwrap(), -1);
+        let alerts = s.alerts().unwrap();
+        assert_eq!(alerts.oversold.len(), 1);
+        assert_eq!(alerts.oversold[0].sku, "MUG");
+        assert_eq!(s.sales_count().unwrap(), 2);
+        assert_eq!(s.status().unwrap().oversold, 1);
+    }
+    assert_eq!(a.digests().unwrap(), b.digests().unwrap());
+}
+
+#[test]
+fn two_tills_refunding_the_same_sale_offline_show_an_over_refund() {
+    let (mut a, mut b) = pair();
+    let receipt = sell(&mut a, 2_000, "MUG", 1);
+    sync(&a, &mut b);
+    let alex_a = a.approve("Alex", "1234").unwrap();
+    let alex_b = b.approve("Alex", "1234").unwrap();
+    a.refund(3_000, &receipt, &[], alex_a, None).unwrap();
+    b.refund(3_001, &receipt, &[], alex_b, None).unwrap();
+    // Each till alone refuses a second refund of the same item...
+    let again = a.refund(3_002, &receipt, &[], alex_a, None);
+    assert!(matches!(again, Err(StoreError::Invalid(_))), "{again:?}");
+    sync(&a, &mut b);
+    sync(&b, &mut a);
+    // ...but both offline refunds are kept and flagged, never dropped.
+    for s in [&a, &b] {
+        let alerts = s.alerts().unwrap();
+        assert_eq!(alerts.over_refunded.len(), 1, "{:?}", alerts.over_refunded);
+        assert_eq!(alerts.over_refunded[0]["refunded"], 2);
+        assert_eq!(s.on_hand("MUG").unwrap(), 2, "both refunds returned stock");
+    }
+    assert_eq!(a.digests().unwrap(), b.digests().unwrap());
+}
+
+#[test]
+fn receipts_are_unique_per_till_and_across_tills() {
+    let (mut a, mut b) = pair();
+    let mut all = BTreeSet::new();
+    for i in 0..20 {
+        assert!(all.insert(sell(&mut a, 2_000 + i, "MUG", 1)));
+        assert!(all.insert(sell(&mut b, 2_000 + i, "MUG", 1)));
+    }
+    assert!(all.contains("T1-000001") && all.contains("T2-000020"));
+}
+
+#[test]
+fn failed_sale_writes_nothing() {
+    let (mut a, _) = pair();
+    let before = a.status().unwrap();
+    let short = PaymentInput { method: Method::Cash, amount_minor: Some(100), brand: None, last4: None };
+    let r = a.sell(2_000, &SaleRequest { items: vec![("MUG".into(), 1)], payments: vec![short], ..Default::default() });
+    assert!(r.is_err());
+    let r =
+        a.sell(2_000, &SaleRequest { items: vec![("NOPE".into(), 1)], payments: vec![cash()], ..Default::default() });
+    assert!(matches!(r, Err(StoreError::UnknownSku(_))));
+    let after = a.status().unwrap();
+    assert_eq!(before.state_digest, after.state_digest);
+    assert_eq!(before.pending, after.pending);
+    // The receipt counter did not move either.
+    assert_eq!(sell(&mut a, 2_001, "MUG", 1), "T1-000001");
+}
+
+#[test]
+fn a_sale_and_its_stock_movements_are_one_change_in_the_sales_lane() {
+    let (mut a, _) = pair();
+    let before = a.pending().unwrap();
+    sell(&mut a, 2_000, "MUG", 1);
+    let after = a.pending().unwrap();
+    assert_eq!(after["sales"], before["sales"] + 1);
+    assert_eq!(after["stock"], before["stock"]);
+    let c = a.outbox(Lane::Sales, 0, 10).unwrap();
+    assert_eq!(c.len(), 1);
+    let tables: BTreeSet<&str> = c[0].ops.iter().map(|o| o.table()).collect();
+    assert!(tables.contains("sales") && tables.contains("stock_movements"));
+    // Sequences are gap-free per lane.
+    sell(&mut a, 2_001, "MUG", 1);
+    let seqs: Vec<u64> = a.outbox(Lane::Sales, 0, 10).unwrap().iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, vec![1, 2]);
+}
+
+#[test]
+fn clock_resumes_after_restart_even_if_the_wall_clock_went_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::create(dir.path(), identity(1), Schema::standard(), IdGen::from_u64(1)).unwrap();
+    let f = ProductFields { name: Some("Tea".into()), price_minor: Some(100), ..Default::default() };
+    s.add_product(5_000_000, "TEA", &f).unwrap();
+    let before = s.clock();
+    drop(s);
+    let mut s = Store::open(dir.path(), Schema::standard(), IdGen::from_u64(2)).unwrap();
+    assert_eq!(s.clock(), before);
+    s.update_product(10, "TEA", &ProductFields { price_minor: Some(200), ..Default::default() }).unwrap();
+    assert!(s.clock() > before, "a write after restart is above the persisted clock");
+    assert_eq!(s.product("TEA").unwrap().price_minor, 200);
+}
+
+#[test]
+fn databases_from_a_newer_version_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::create(dir.path(), identity(1), Schema::standard(), IdGen::from_u64(1)).unwrap());
+    let conn = rusqlite_conn(dir.path());
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    let err = Store::open(dir.path(), Schema::standard(), IdGen::from_u64(1)).unwrap_err();
+    assert!(matches!(err, StoreError::NewerSchema { found: 99, .. }), "{err}");
+    assert!(err.to_string().contains("upgrade"));
+}
+
+#[test]
+fn the_sale_path_commits_with_synchronous_full_in_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::create(dir.path(), identity(1), Schema::standard(), IdGen::from_u64(1)).unwrap();
+    assert_eq!(s.synchronous().unwrap(), 2, "synchronous=FULL");
+    let mode: String = s.connection().query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(mode, "wal");
+}
+
+fn rusqlite_conn(dir: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join(tillsync_store::DB_FILE)).unwrap()
+}
