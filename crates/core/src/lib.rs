@@ -13,8 +13,10 @@ pub mod ids;
 pub mod merge;
 pub mod money;
 pub mod pin;
+pub mod protocol;
 pub mod schema;
 pub mod stock;
+pub mod wire;
 
 pub use change::{Change, Op};
 pub use hlc::{Hlc, HlcClock};

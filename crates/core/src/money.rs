@@ -74,10 +74,14 @@ impl Currency {
     }
 
     /// Parses a decimal string ("4.5", "4.50", "12") into minor units.
+    /// Errors never quote a long run of digits: it may be a mistyped card
+    /// number.
     /// Negative values, exponents and more decimals than the currency has
     /// are refused rather than rounded, so a typo never becomes a price.
-    pub fn parse_minor(&self, input: &str) -> Result<i64, MoneyError> {
-        let s = input.trim();
+    pub fn parse_minor(&self, raw: &str) -> Result<i64, MoneyError> {
+        let s = raw.trim();
+        let digits = s.bytes().filter(u8::is_ascii_digit).count();
+        let input = if digits >= 12 { "that number" } else { raw };
         if s.starts_with('-') {
             return Err(MoneyError::Negative(input.to_string()));
         }

@@ -25,15 +25,15 @@ pub enum StoreError {
     UnknownSku(String),
     #[error("product '{0}' already exists: use `till product update`")]
     ProductExists(String),
-    #[error("{0} not found")]
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Sale(#[from] SaleError),
-    #[error("{0}")]
+    #[error(transparent)]
     Money(#[from] MoneyError),
-    #[error("{0}")]
+    #[error(transparent)]
     Pin(#[from] PinError),
     #[error("a change does not fit the declared tables: {0}")]
     Schema(#[from] SchemaError),

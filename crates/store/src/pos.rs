@@ -286,13 +286,14 @@ impl Store {
     /// Checks a manager's PIN; returns the manager's id.
     pub fn approve(&self, manager: &str, pin_code: &str) -> Result<Uuid, StoreError> {
         let id = self.find_staff(manager)?;
-        let (live, data) =
-            self.record(tables::STAFF, id)?.ok_or_else(|| StoreError::NotFound(format!("staff '{manager}'")))?;
+        let (live, data) = self
+            .record(tables::STAFF, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no staff member '{manager}': see `till staff list`")))?;
         if !live || data["role"].as_str() != Some("manager") {
             return Err(StoreError::Invalid(format!("{manager} is not a manager: a manager must approve this")));
         }
         if !pin::verify_pin(pin_code, data["pin_hash"].as_str().unwrap_or("")) {
-            return Err(StoreError::Invalid("wrong manager PIN".into()));
+            return Err(StoreError::Invalid(format!("wrong PIN for {manager}: check the PIN and try again")));
         }
         Ok(id)
     }
@@ -309,7 +310,7 @@ impl Store {
                 return Ok(id);
             }
         }
-        Err(StoreError::NotFound(format!("staff '{who}' (see `till staff list`)")))
+        Err(StoreError::NotFound(format!("no staff member '{who}': see `till staff list`")))
     }
 
     /// Looks up a live, active product and snapshots it for a sale line.
@@ -347,12 +348,12 @@ impl Store {
         if let Some(c) = req.customer_id
             && !matches!(self.record(tables::CUSTOMERS, c)?, Some((true, _)))
         {
-            return Err(StoreError::NotFound(format!("customer {c} (see `till customer list`)")));
+            return Err(StoreError::NotFound(format!("no customer {c}: see `till customer list`")));
         }
         if let Some(s) = req.staff_id
             && !matches!(self.record(tables::STAFF, s)?, Some((true, _)))
         {
-            return Err(StoreError::NotFound(format!("staff {s} (see `till staff list`)")));
+            return Err(StoreError::NotFound(format!("no staff member {s}: see `till staff list`")));
         }
         let change_minor: i64 = payments
             .iter()
@@ -419,8 +420,8 @@ impl Store {
                 .prepare_cached("SELECT id, data FROM ledger WHERE tbl = 'sales' AND key = ?1")?
                 .query_row([receipt], |r| Ok((r.get(0)?, r.get(1)?))),
         )?;
-        let (id, data) =
-            row.ok_or_else(|| StoreError::NotFound(format!("sale with receipt '{receipt}' (see `till sales list`)")))?;
+        let (id, data) = row
+            .ok_or_else(|| StoreError::NotFound(format!("no sale with receipt '{receipt}': see `till sales list`")))?;
         Ok((crate::apply::parse_uuid(&id)?, parse_json(&data)?))
     }
 

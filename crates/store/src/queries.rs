@@ -319,7 +319,7 @@ impl Store {
         matches
             .into_iter()
             .next()
-            .ok_or_else(|| StoreError::NotFound(format!("conflict '{id}' (see `till conflicts list`)")))
+            .ok_or_else(|| StoreError::NotFound(format!("no conflict '{id}': see `till conflicts list`")))
     }
 
     /// Derived alerts: oversold SKUs and over-refunded sales.

@@ -109,8 +109,8 @@ fn tax_bp(store: &Store, s: &str) -> Result<i64> {
             return Ok(t["rate_bp"].as_i64().unwrap_or(0));
         }
     }
-    Ok(money::parse_rate_bp(s)
-        .map_err(|_| anyhow!("'{s}' is not a tax rate: give a percentage such as 20 or a tax code such as std"))?)
+    money::parse_rate_bp(s)
+        .map_err(|_| anyhow!("'{s}' is not a tax rate: give a percentage such as 20 or a tax code such as std"))
 }
 
 fn product_fields(store: &Store, f: &ProductFieldsArgs, active: Option<bool>) -> Result<ProductFields> {
