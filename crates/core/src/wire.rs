@@ -121,10 +121,17 @@ pub struct LaneAck {
     pub acked_through: u64,
     /// Sequences acknowledged into quarantine (stored, not applied).
     #[serde(default)]
-    pub quarantined: Vec<u64>,
+    pub quarantined: Vec<QuarantineAck>,
     /// Why the rest of the lane was not taken, if it was not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
+}
+
+/// A change acknowledged into quarantine, with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineAck {
+    pub seq: u64,
+    pub reason: String,
 }
 
 /// POST /v1/push response.

@@ -38,6 +38,41 @@ impl Store {
         }
     }
 
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on this store's
+    /// connection: committed if it returns Ok, rolled back otherwise. The hub
+    /// uses it to write its log and apply the same change atomically.
+    pub fn transaction<T, E: From<StoreError>>(&mut self, f: impl FnOnce(&mut Store) -> Result<T, E>) -> Result<T, E> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from)?;
+        match f(self) {
+            Ok(t) => {
+                self.meta_set("hlc", &self.clock.last().0.to_string())?;
+                self.conn.execute_batch("COMMIT").map_err(StoreError::from)?;
+                Ok(t)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.load_policies()?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks and applies remote operations inside [`Store::transaction`];
+    /// the clock observes them. Returns how many were new.
+    pub fn apply_in_transaction(&mut self, ops: &[Op]) -> Result<usize, StoreError> {
+        for op in ops {
+            op.check(&self.schema)?;
+        }
+        let n = self.apply_ops(ops)?;
+        for op in ops {
+            self.clock.observe(match op {
+                Op::Write(w) => w.id.hlc,
+                Op::Insert(r) => r.hlc,
+            });
+        }
+        Ok(n)
+    }
+
     /// Applies operations inside an open transaction.
     pub(crate) fn apply_ops(&mut self, ops: &[Op]) -> Result<usize, StoreError> {
         let mut touched: BTreeSet<(String, Uuid)> = BTreeSet::new();

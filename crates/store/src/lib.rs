@@ -12,11 +12,13 @@ mod migrate;
 mod pos;
 mod queries;
 pub mod sample;
+mod sync;
 
 pub use error::StoreError;
 pub use local::Local;
 pub use pos::{CountOutcome, ProductFields, RefundOutcome, SaleOutcome, SaleRequest};
 pub use queries::{Alerts, ConflictRow, LedgerEntry, ProductRow, SaleSummary, Status, StockRow};
+pub use sync::{Pending, QuarantineNote};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;

@@ -127,6 +127,23 @@ impl Local<'_> {
         Ok(id)
     }
 
+    /// Inserts a ledger row of another store (the hub seeds stores' stock).
+    pub fn insert_in(&mut self, store: Uuid, table: &str, data: Value) -> Result<Uuid, StoreError> {
+        let id = self.new_id();
+        let row = LedgerRow {
+            table: table.into(),
+            id,
+            store,
+            device: self.store.identity.device_id,
+            hlc: self.store.clock.tick(self.now_ms),
+            data,
+        };
+        let op = Op::Insert(row);
+        op.check(&self.store.schema)?;
+        self.ops.push(op);
+        Ok(id)
+    }
+
     /// Inserts a ledger row with a given id.
     pub fn insert_with_id(&mut self, table: &str, id: Uuid, data: Value) -> Result<(), StoreError> {
         let row = LedgerRow {
@@ -153,13 +170,25 @@ impl Store {
         now_ms: u64,
         f: impl FnOnce(&mut Local<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_then(now_ms, f, |_, _| Ok(()))
+    }
+
+    /// Like [`Store::write`], and runs `then` with the queued change inside
+    /// the same transaction (the hub appends its own changes to its log).
+    pub fn write_then<T>(
+        &mut self,
+        now_ms: u64,
+        f: impl FnOnce(&mut Local<'_>) -> Result<T, StoreError>,
+        then: impl FnOnce(&rusqlite::Connection, &Change) -> Result<(), StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             let mut local = Local { store: self, ops: Vec::new(), now_ms, staged: BTreeMap::new() };
             let out = f(&mut local)?;
             let ops = std::mem::take(&mut local.ops);
             if !ops.is_empty() {
-                self.queue(ops)?;
+                let change = self.queue(ops)?;
+                then(&self.conn, &change)?;
             }
             Ok(out)
         })();

@@ -49,6 +49,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY(lane, seq)
     ) WITHOUT ROWID;
     "#,
+    // 2: what the hub told this till: quarantined changes.
+    r#"
+    CREATE TABLE quarantine(
+        lane TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL,
+        PRIMARY KEY(lane, seq)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -378,6 +378,12 @@ impl Store {
     /// The state digest over everything this till holds (tenant records and
     /// its store's ledgers), and the tenant-wide digest over records only.
     pub fn digests(&self) -> Result<(String, String), StoreError> {
+        self.digests_for(None)
+    }
+
+    /// Digests limited to one store's ledgers (the hub holds every store of
+    /// a tenant; a till holds only its own, so `None` means "all held").
+    pub fn digests_for(&self, store: Option<Uuid>) -> Result<(String, String), StoreError> {
         let mut state = StateDigest::default();
         let mut tenant = StateDigest::default();
         let mut st = self.conn.prepare(
@@ -397,8 +403,10 @@ impl Store {
             state.add_head(&w);
             tenant.add_head(&w);
         }
-        let mut st = self.conn.prepare("SELECT tbl, id, store_id, device, hlc, data FROM ledger ORDER BY tbl, id")?;
-        let mut rows = st.query([])?;
+        let mut st = self.conn.prepare(
+            "SELECT tbl, id, store_id, device, hlc, data FROM ledger WHERE ?1 IS NULL OR store_id = ?1 ORDER BY tbl, id",
+        )?;
+        let mut rows = st.query([store.map(|s| s.to_string())])?;
         while let Some(r) = rows.next()? {
             let row = LedgerRow {
                 table: r.get(0)?,
@@ -463,5 +471,45 @@ fn product_row(d: &Value) -> ProductRow {
         category: d["category"].as_str().map(str::to_string),
         barcode: d["barcode"].as_str().map(str::to_string),
         active: d["active"].as_bool().unwrap_or(true),
+    }
+}
+
+impl Store {
+    /// The merged state of a scope as operations: every current head of
+    /// every record row (tombstones included) and every ledger row of
+    /// `store` (all stores when `None`). Applying them to an empty till
+    /// gives the same heads, values, conflicts and digest.
+    pub fn snapshot_ops(&self, store: Option<Uuid>) -> Result<Vec<tillsync_core::Op>, StoreError> {
+        let mut out = Vec::new();
+        let mut st = self.conn.prepare(
+            "SELECT w.id, w.tbl, w.row_id, w.field, w.value, w.base FROM heads h JOIN writes w ON w.id = h.write_id
+             ORDER BY h.tbl, h.row_id, h.field, h.write_id",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            out.push(tillsync_core::Op::Write(Write {
+                id: parse_write_id(&r.get::<_, String>(0)?)?,
+                table: r.get(1)?,
+                row: parse_uuid(&r.get::<_, String>(2)?)?,
+                field: r.get(3)?,
+                value: parse_json(&r.get::<_, String>(4)?)?,
+                base: serde_json::from_str(&r.get::<_, String>(5)?)?,
+            }));
+        }
+        let mut st = self.conn.prepare(
+            "SELECT tbl, id, store_id, device, hlc, data FROM ledger WHERE ?1 IS NULL OR store_id = ?1 ORDER BY hlc, id",
+        )?;
+        let mut rows = st.query([store.map(|s| s.to_string())])?;
+        while let Some(r) = rows.next()? {
+            out.push(tillsync_core::Op::Insert(LedgerRow {
+                table: r.get(0)?,
+                id: parse_uuid(&r.get::<_, String>(1)?)?,
+                store: parse_uuid(&r.get::<_, String>(2)?)?,
+                device: parse_uuid(&r.get::<_, String>(3)?)?,
+                hlc: Hlc(r.get::<_, i64>(4)? as u64),
+                data: parse_json(&r.get::<_, String>(5)?)?,
+            }));
+        }
+        Ok(out)
     }
 }

@@ -122,6 +122,23 @@ pub enum Command {
     /// Conflict policies of a standalone till (a hub sets them for a tenant).
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// The hub: serve it, and administer tenants, stores and enrolment.
+    #[command(subcommand)]
+    Hub(HubCmd),
+    /// Run one sync round with the hub now.
+    Sync {
+        #[command(flatten)]
+        data: Data,
+        /// Also pull large pages on a metered link (reserved; always on now).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Devices of a tenant, seen through the hub (admin token).
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Changes the hub acknowledged into quarantine, with the reason.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
     /// Sell in a loop, printing each receipt once it is committed (used by
     /// the crash test; not for shops).
     #[command(hide = true)]
@@ -152,12 +169,185 @@ pub enum NodeCmd {
         /// Currency of a new standalone tenant (ISO code).
         #[arg(long)]
         currency: Option<String>,
-        /// The hub's URL (enrolment comes with the hub).
+        /// The hub's URL, e.g. https://hub.example:8443.
         #[arg(long)]
         hub: Option<String>,
         /// One-time enrolment code from `till hub enrol`.
         #[arg(long)]
         code: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// Run the till's background sync (and, later, its UI) until stopped.
+    Run {
+        #[command(flatten)]
+        data: Data,
+        /// Seconds between sync rounds when nothing else triggers one.
+        #[arg(long, default_value_t = 10)]
+        interval: u64,
+        /// Stop after this many seconds (0: run until Ctrl-C or SIGTERM).
+        #[arg(long, default_value_t = 0)]
+        exit_after: u64,
+    },
+}
+
+/// How to trust the hub.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM file with the hub's CA (or self-signed) certificate, instead of
+    /// the system roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Allow plain HTTP to a hub that is not on this machine.
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The hub's data: a folder (SQLite).
+#[derive(Args, Debug, Clone)]
+pub struct HubData {
+    /// The hub's data folder.
+    #[arg(long, env = "TILL_HUB_DATA")]
+    pub data: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HubCmd {
+    /// Serve the hub's API.
+    Serve {
+        #[command(flatten)]
+        data: HubData,
+        /// Address to listen on (port 0 picks a free one; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8440")]
+        listen: String,
+        /// PEM certificate chain for HTTPS.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for HTTPS.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// Tenants (merchants).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Stores of a tenant.
+    #[command(subcommand)]
+    Store(StoreCmd),
+    /// Make a one-time enrolment code for a new till of a store.
+    Enrol {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        store: String,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u64,
+    },
+    /// Conflict policies of a tenant.
+    #[command(subcommand)]
+    Policy(HubPolicyCmd),
+    /// A tenant's usage: changes and bytes stored, devices, quarantine.
+    Usage {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Quota on a tenant's catalogue and telemetry changes (sales are never refused).
+    Quota {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        /// Most catalogue and telemetry changes stored (0: no quota).
+        #[arg(long)]
+        changes: u64,
+    },
+    /// The hub's state digest of a store (compare with `till status`).
+    Digest {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        store: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TenantCmd {
+    /// Create a tenant; prints its id and admin token (shown once).
+    Create {
+        #[command(flatten)]
+        data: HubData,
+        name: String,
+        /// Seed the sample catalogue (and each new store's opening stock).
+        #[arg(long)]
+        sample: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Create a store of a tenant.
+    Create {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HubPolicyCmd {
+    /// Set the policy of TABLE or TABLE.FIELD to lww, first or manual.
+    Set {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        target: String,
+        mode: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// The hub's URL.
+    #[arg(long)]
+    pub hub: String,
+    /// The tenant's admin token.
+    #[arg(long, env = "TILL_ADMIN_TOKEN")]
+    pub token: String,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DevicesCmd {
+    /// List the tenant's devices.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke a device: it gets 401 at once.
+    Revoke {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// The device id.
+        device: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum QuarantineCmd {
+    /// List quarantined changes of this till.
+    List {
+        #[command(flatten)]
+        data: Data,
     },
 }
 

@@ -3,8 +3,10 @@
 
 mod cli;
 mod demo;
+mod hub_cmd;
 mod node;
 mod output;
+mod sync_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

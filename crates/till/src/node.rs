@@ -148,12 +148,19 @@ pub fn run(args: Cli) -> Result<()> {
     let j = args.json;
     match args.command {
         Command::Demo { dir } => crate::demo::run(&dir, j),
-        Command::Node(NodeCmd::Init { data, offline, sample, name, currency, hub, code }) => {
+        Command::Node(NodeCmd::Init { data, offline, sample, name, currency, hub, code, tls }) => {
             if !offline {
-                if hub.is_some() || code.is_some() {
-                    bail!("joining a hub is not built yet in this version: use --offline for a standalone till");
-                }
-                bail!("say how this till works: --offline for a standalone till (or --hub URL --code CODE)");
+                return match (hub, code) {
+                    (Some(hub), Some(code)) => {
+                        crate::sync_cmd::init_hub(&data.data, &hub, &code, name.as_deref(), &tls, j)
+                    }
+                    _ => bail!(
+                        "say how this till works: --offline for a standalone till, or --hub URL --code CODE to join a hub"
+                    ),
+                };
+            }
+            if hub.is_some() || code.is_some() {
+                bail!("--offline and --hub/--code exclude each other: choose one");
             }
             let store = init_offline(&data.data, name.as_deref(), currency.as_deref(), sample)?;
             let id = store.identity();
@@ -344,6 +351,26 @@ pub fn run(args: Cli) -> Result<()> {
             Ok(())
         }
         Command::SellLoop { data, count } => sell_loop(&data.data, count),
+        Command::Node(NodeCmd::Run { data, interval, exit_after }) => {
+            crate::sync_cmd::run(&data.data, interval, exit_after, j)
+        }
+        Command::Hub(cmd) => crate::hub_cmd::run(cmd, j),
+        Command::Sync { data, force: _ } => crate::sync_cmd::sync(&data.data, j),
+        Command::Devices(cmd) => crate::sync_cmd::devices(cmd, j),
+        Command::Quarantine(QuarantineCmd::List { data }) => {
+            let store = open(&data.data)?;
+            let q = store.quarantine()?;
+            if j {
+                output::json(&q);
+            } else if q.is_empty() {
+                println!("nothing in quarantine");
+            } else {
+                for n in q {
+                    println!("{} #{}: {}", n.lane, n.seq, n.reason);
+                }
+            }
+            Ok(())
+        }
         Command::Policy(PolicyCmd::Set { data, target, mode }) => {
             let mut store = open(&data.data)?;
             let p =

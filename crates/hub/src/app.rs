@@ -1,0 +1,308 @@
+//! The hub's HTTP API, version 1. `app(state)` builds the router so handlers
+//! can be tested with `oneshot` and served on real sockets alike.
+
+use crate::HubError;
+use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, FromRequestParts, Path, Query, Request, State};
+use axum::http::{HeaderValue, header, request::Parts};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tillsync_core::wire::{EnrolRequest, Event, PushRequest, WIRE_VERSION};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use uuid::Uuid;
+
+/// Largest request body accepted on the wire (compressed), in bytes.
+pub const BODY_LEN_MAX: usize = 16 << 20;
+/// Largest request body after decompression, in bytes.
+pub const BODY_DECODED_LEN_MAX: usize = 64 << 20;
+/// Responses above this size are compressed when the client accepts zstd.
+pub const COMPRESS_LEN_MIN: usize = 1_024;
+/// Enrolment codes are valid this long unless told otherwise.
+pub const CODE_TTL_MS: u64 = 24 * 3_600_000;
+/// The body of `/healthz`: nodes check it, so a captive portal answering
+/// 200 with something else is not mistaken for the hub.
+pub const HEALTH_BODY: &str = "tillsync-hub ok v1";
+
+/// Live event fan-out, one channel per tenant.
+#[derive(Default)]
+pub struct Events {
+    channels: Mutex<HashMap<Uuid, broadcast::Sender<Notice>>>,
+}
+
+impl Events {
+    fn sender(&self, tenant: Uuid) -> broadcast::Sender<Notice> {
+        self.channels.lock().expect("events").entry(tenant).or_insert_with(|| broadcast::channel(1_024).0).clone()
+    }
+
+    /// Tells listeners of a tenant that entries exist.
+    pub fn publish(&self, notices: &[Notice]) {
+        for n in notices {
+            let _ = self.sender(n.tenant_id).send(*n);
+        }
+    }
+}
+
+/// Shared state of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Arc<dyn HubStorage>,
+    pub events: Arc<Events>,
+}
+
+impl AppState {
+    /// State over a storage backend.
+    pub fn new(storage: Arc<dyn HubStorage>) -> Self {
+        AppState { storage, events: Arc::new(Events::default()) }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HubError> + Send + 'static) -> Result<T, HubError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HubError::Internal(e.to_string()))?
+}
+
+fn bearer(parts: &Parts) -> Option<String> {
+    let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    v.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+}
+
+/// An authenticated device (tenant and store come from its token).
+pub struct Device(pub DeviceAuth);
+
+/// An authenticated tenant admin.
+pub struct Admin(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for Device
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = HubError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(HubError::Unauthorized)?;
+        let st = AppState::from_ref(state);
+        match blocking(move || st.storage.authenticate(&token)).await? {
+            Caller::Device(d) => Ok(Device(d)),
+            Caller::Admin { .. } => Err(HubError::bad("device_only", "this needs a device token, not an admin token")),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin
+where
+    AppState: FromRef<S>,
+{
+    type Rejection = HubError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(HubError::Unauthorized)?;
+        let st = AppState::from_ref(state);
+        match blocking(move || st.storage.authenticate(&token)).await? {
+            Caller::Admin { tenant_id } => Ok(Admin(tenant_id)),
+            Caller::Device(_) => Err(HubError::Forbidden),
+        }
+    }
+}
+
+/// JSON body that maps decoding failures to the hub's error body.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = HubError;
+    async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
+        let bytes =
+            axum::body::to_bytes(req.into_body(), BODY_DECODED_LEN_MAX).await.map_err(|_| HubError::TooLarge)?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {e}")))
+    }
+}
+
+/// The router of API version 1.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/enrol", post(enrol))
+        .route("/v1/push", post(push))
+        .route("/v1/pull", get(pull))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/events", get(events))
+        .route("/v1/devices", get(devices))
+        .route("/v1/devices/{id}/revoke", post(revoke))
+        .route("/v1/usage", get(usage))
+        .route("/v1/stores/{id}/digest", get(store_digest))
+        .fallback(|| async { HubError::NotFound("route".into()) })
+        .layer(middleware::from_fn(zstd_layer))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    HEALTH_BODY
+}
+
+async fn enrol(State(st): State<AppState>, JsonBody(req): JsonBody<EnrolRequest>) -> Result<Response, HubError> {
+    let e = blocking(move || st.storage.enrol(&req.code, &req.name, now_ms())).await?;
+    Ok(Json(e).into_response())
+}
+
+async fn push(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    JsonBody(req): JsonBody<PushRequest>,
+) -> Result<Response, HubError> {
+    let storage = st.storage.clone();
+    let (resp, notices) = blocking(move || storage.push(&dev, &req, now_ms())).await?;
+    st.events.publish(&notices);
+    Ok(Json(resp).into_response())
+}
+
+#[derive(Deserialize)]
+struct PullQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    500
+}
+
+async fn pull(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    Query(q): Query<PullQuery>,
+) -> Result<Response, HubError> {
+    let r = blocking(move || st.storage.pull(&dev, q.after, q.limit, now_ms())).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn snapshot(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
+    let r = blocking(move || st.storage.snapshot(&dev)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn events(
+    State(st): State<AppState>,
+    parts: Parts,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HubError> {
+    let mut parts = parts;
+    let Device(dev) = Device::from_request_parts(&mut parts, &st).await?;
+    let token = bearer(&parts).unwrap_or_default();
+    let rx = st.events.sender(dev.tenant_id).subscribe();
+    let storage = st.storage.clone();
+    let hello = stream::once(async { Ok(SseEvent::default().event("hello").data("{}")) });
+    let store = dev.store_id;
+    let live = BroadcastStream::new(rx)
+        .filter_map(move |n| async move {
+            match n {
+                Ok(n) if n.store_id.is_none() || n.store_id == Some(store) => Some(Event { pos: n.pos }),
+                Ok(_) => None,
+                // A slow listener missed some: tell it to pull anyway.
+                Err(_) => Some(Event { pos: 0 }),
+            }
+        })
+        // A revoked device's stream ends at its next event.
+        .take_while(move |_| {
+            let storage = storage.clone();
+            let token = token.clone();
+            async move { matches!(storage.authenticate(&token), Ok(Caller::Device(_))) }
+        })
+        .map(|e| Ok(SseEvent::default().event("change").data(serde_json::to_string(&e).unwrap_or_default())));
+    Ok(Sse::new(hello.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn devices(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
+    let r = blocking(move || st.storage.devices(tenant)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn revoke(
+    State(st): State<AppState>,
+    Admin(tenant): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
+    let device = Uuid::parse_str(&id).map_err(|_| HubError::bad("bad_id", "not a device id"))?;
+    blocking(move || st.storage.revoke(tenant, device)).await?;
+    Ok(Json(serde_json::json!({"device_id": device, "status": "revoked"})).into_response())
+}
+
+async fn usage(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
+    let r = blocking(move || st.storage.usage(tenant)).await?;
+    Ok(Json(r).into_response())
+}
+
+async fn store_digest(
+    State(st): State<AppState>,
+    Admin(tenant): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, HubError> {
+    let store = Uuid::parse_str(&id).map_err(|_| HubError::bad("bad_id", "not a store id"))?;
+    let d = blocking(move || st.storage.store_digest(tenant, store)).await?;
+    Ok(Json(serde_json::json!({"store_id": store, "state_digest": d})).into_response())
+}
+
+/// zstd on the wire: request bodies with `Content-Encoding: zstd` are
+/// decoded (bounded), and JSON responses are compressed for clients that
+/// send `Accept-Encoding: zstd`. Event streams are left alone. Every
+/// response names the wire version.
+async fn zstd_layer(req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let accepts =
+        parts.headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("zstd"));
+    let encoded = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) == Some("zstd");
+    let body = if encoded {
+        let raw = match axum::body::to_bytes(body, BODY_LEN_MAX).await {
+            Ok(b) => b,
+            Err(_) => return HubError::TooLarge.into_response(),
+        };
+        match zstd::bulk::decompress(&raw, BODY_DECODED_LEN_MAX) {
+            Ok(d) => {
+                parts.headers.remove(header::CONTENT_ENCODING);
+                parts.headers.remove(header::CONTENT_LENGTH);
+                Body::from(d)
+            }
+            Err(_) => {
+                return HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large").into_response();
+            }
+        }
+    } else {
+        body
+    };
+    let mut resp = next.run(Request::from_parts(parts, body)).await;
+    resp.headers_mut().insert("tillsync-wire", HeaderValue::from(WIRE_VERSION));
+    let is_json =
+        resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !accepts || !is_json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes: Bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(_) => return HubError::Internal("response body".into()).into_response(),
+    };
+    if bytes.len() < COMPRESS_LEN_MIN {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    match zstd::bulk::compress(&bytes, 3) {
+        Ok(c) => {
+            parts.headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(c))
+        }
+        Err(_) => Response::from_parts(parts, Body::from(bytes)),
+    }
+}

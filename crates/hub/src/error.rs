@@ -1,0 +1,106 @@
+//! The hub's error type: a stable code, a status, and a message that never
+//! carries internal detail.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tillsync_core::wire::ErrorBody;
+
+/// Errors of the hub, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("missing or unknown token: send `Authorization: Bearer TOKEN`")]
+    Unauthorized,
+    #[error("this device was revoked: enrol it again with a new code")]
+    Revoked,
+    #[error("this needs the tenant's admin token")]
+    Forbidden,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("the enrolment code is unknown, used or expired: ask for a new one with `till hub enrol`")]
+    BadCode,
+    #[error("{0}")]
+    Quota(String),
+    #[error("the request body is too large")]
+    TooLarge,
+    #[error("the hub is busy, try again")]
+    Busy,
+    /// Internal detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl HubError {
+    /// The stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            HubError::Unauthorized => "unauthorized",
+            HubError::Revoked => "revoked",
+            HubError::Forbidden => "forbidden",
+            HubError::NotFound(_) => "not_found",
+            HubError::BadRequest { code, .. } => code,
+            HubError::BadCode => "bad_code",
+            HubError::Quota(_) => "quota_exceeded",
+            HubError::TooLarge => "too_large",
+            HubError::Busy => "busy",
+            HubError::Internal(_) => "internal",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            HubError::Unauthorized | HubError::Revoked => StatusCode::UNAUTHORIZED,
+            HubError::Forbidden => StatusCode::FORBIDDEN,
+            HubError::NotFound(_) => StatusCode::NOT_FOUND,
+            HubError::BadRequest { .. } | HubError::BadCode => StatusCode::BAD_REQUEST,
+            HubError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A bad request with a code.
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        HubError::BadRequest { code, message: message.into() }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { code: self.code().into(), message: self.to_string(), expected: None }
+    }
+}
+
+impl From<rusqlite::Error> for HubError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => HubError::Busy,
+            _ => HubError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<tillsync_store::StoreError> for HubError {
+    fn from(e: tillsync_store::StoreError) -> Self {
+        match e {
+            tillsync_store::StoreError::Locked => HubError::Busy,
+            other => HubError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<serde_json::Error> for HubError {
+    fn from(e: serde_json::Error) -> Self {
+        HubError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for HubError {
+    fn into_response(self) -> Response {
+        if let HubError::Internal(detail) = &self {
+            eprintln!("hub: internal error: {detail}");
+        }
+        (self.status(), axum::Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,15 @@
+//! The Tillsync hub: tenants own stores, stores own devices. Devices enrol
+//! with one-time codes, push changes per lane (idempotent, durable before
+//! acknowledged), pull deltas by cursor, bootstrap from snapshots and hear
+//! live events. Storage sits behind [`storage::HubStorage`]; SQLite is the
+//! default backend.
+
+pub mod app;
+pub mod error;
+pub mod sqlite;
+pub mod storage;
+
+pub use app::{AppState, app};
+pub use error::HubError;
+pub use sqlite::SqliteHub;
+pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

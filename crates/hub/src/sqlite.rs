@@ -1,0 +1,697 @@
+//! The SQLite hub: `hub.db` holds tenants, stores, devices, tokens and codes;
+//! each tenant has its own file `tenants/<id>.db` holding its merged state
+//! (the same store engine as a till, so digests are computed the same way),
+//! its change log, the per-(device, lane) sequences and its quarantine.
+//! One file per tenant keeps tenants apart on disk and lets them write in
+//! parallel.
+
+use crate::HubError;
+use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tillsync_core::change::hex;
+use tillsync_core::protocol::{LaneLog, PushDecision, decide_push};
+use tillsync_core::schema::{Kind, Scope};
+use tillsync_core::wire::{
+    DeviceInfo, Enrolment, Entry, ErrorBody, LaneAck, PullResponse, PushRequest, PushResponse, Snapshot, Usage, WireOp,
+};
+use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
+use tillsync_store::{Identity, Store};
+use uuid::Uuid;
+
+const CONTROL_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS tenants(
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, admin_hash TEXT NOT NULL UNIQUE, sample INTEGER NOT NULL,
+    quota_changes INTEGER NOT NULL DEFAULT 0, next_prefix INTEGER NOT NULL DEFAULT 1, created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stores(
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, name TEXT NOT NULL, created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices(
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, store TEXT NOT NULL, name TEXT NOT NULL,
+    token_hash TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL, status TEXT NOT NULL,
+    enrolled_ms INTEGER NOT NULL, last_seen_ms INTEGER, skew_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS devices_tenant ON devices(tenant);
+CREATE TABLE IF NOT EXISTS codes(
+    code_hash TEXT PRIMARY KEY, tenant TEXT NOT NULL, store TEXT NOT NULL, expires_ms INTEGER NOT NULL, used_ms INTEGER
+);
+"#;
+
+const TENANT_SQL: &str = r#"
+CREATE TABLE IF NOT EXISTS hub_log(
+    pos INTEGER PRIMARY KEY AUTOINCREMENT, store TEXT, device TEXT NOT NULL, lane TEXT NOT NULL,
+    seq INTEGER NOT NULL, ops TEXT NOT NULL, bytes INTEGER NOT NULL, received_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hub_seqs(
+    device TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY(device, lane, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hub_quarantine(
+    device TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, ops TEXT NOT NULL,
+    received_ms INTEGER NOT NULL, PRIMARY KEY(device, lane, seq)
+) WITHOUT ROWID;
+"#;
+
+/// Longest a pull page may be, in entries.
+pub const PULL_LEN_MAX: usize = 1_000;
+/// Most changes in one push.
+pub const PUSH_LEN_MAX: usize = 1_000;
+
+fn sha(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+/// The SQLite hub.
+pub struct SqliteHub {
+    dir: PathBuf,
+    control: Mutex<Connection>,
+    tenants: Mutex<HashMap<Uuid, Arc<Mutex<Store>>>>,
+    ids: Mutex<IdGen>,
+    schema: Schema,
+}
+
+impl std::fmt::Debug for SqliteHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteHub").field("dir", &self.dir).finish()
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, HubError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))?;
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    Ok(conn)
+}
+
+struct SeqLog<'a> {
+    conn: &'a Connection,
+    device: String,
+    lane: &'static str,
+}
+
+impl LaneLog for SeqLog<'_> {
+    fn next_seq(&self) -> u64 {
+        self.conn
+            .prepare_cached("SELECT max(seq) FROM hub_seqs WHERE device = ?1 AND lane = ?2")
+            .and_then(|mut st| st.query_row(params![self.device, self.lane], |r| r.get::<_, Option<i64>>(0)))
+            .ok()
+            .flatten()
+            .map_or(1, |s| s as u64 + 1)
+    }
+
+    fn digest_at(&self, seq: u64) -> Option<String> {
+        self.conn
+            .prepare_cached("SELECT digest FROM hub_seqs WHERE device = ?1 AND lane = ?2 AND seq = ?3")
+            .and_then(|mut st| st.query_row(params![self.device, self.lane, seq as i64], |r| r.get(0)).optional())
+            .ok()
+            .flatten()
+    }
+}
+
+impl SqliteHub {
+    /// Opens (or creates) a hub data folder. `ids` seeds tokens and ids.
+    pub fn open(dir: &Path, ids: IdGen) -> Result<SqliteHub, HubError> {
+        std::fs::create_dir_all(dir.join("tenants"))
+            .map_err(|e| HubError::Internal(format!("cannot create {}: {e}", dir.display())))?;
+        let control = open_conn(&dir.join("hub.db"))?;
+        control.execute_batch(CONTROL_SQL)?;
+        Ok(SqliteHub {
+            dir: dir.to_path_buf(),
+            control: Mutex::new(control),
+            tenants: Mutex::new(HashMap::new()),
+            ids: Mutex::new(ids),
+            schema: Schema::standard(),
+        })
+    }
+
+    fn random_hex(&self, bytes: usize) -> String {
+        let mut b = vec![0u8; bytes];
+        self.ids.lock().expect("ids").fill(&mut b);
+        hex(&b)
+    }
+
+    fn new_id(&self, now_ms: u64) -> Uuid {
+        self.ids.lock().expect("ids").new_v7(now_ms)
+    }
+
+    fn hub_device(tenant: Uuid) -> Uuid {
+        derived_id(tenant, "hub", "device")
+    }
+
+    /// The tenant's state and log, opened once and kept.
+    fn tenant(&self, tenant: Uuid) -> Result<Arc<Mutex<Store>>, HubError> {
+        let mut map = self.tenants.lock().expect("tenants");
+        if let Some(s) = map.get(&tenant) {
+            return Ok(s.clone());
+        }
+        let exists: bool = self
+            .control
+            .lock()
+            .expect("control")
+            .query_row("SELECT 1 FROM tenants WHERE id = ?1", [tenant.to_string()], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !exists {
+            return Err(HubError::NotFound(format!("tenant {tenant}")));
+        }
+        let dir = self.dir.join("tenants").join(tenant.to_string());
+        let seed = {
+            let mut s = [0u8; 32];
+            self.ids.lock().expect("ids").fill(&mut s);
+            IdGen::from_seed(s)
+        };
+        let store = if dir.join(tillsync_store::DB_FILE).exists() {
+            Store::open(&dir, self.schema.clone(), seed)?
+        } else {
+            let identity = Identity {
+                tenant_id: tenant,
+                store_id: Uuid::nil(),
+                device_id: Self::hub_device(tenant),
+                receipt_prefix: "HUB".into(),
+                name: "hub".into(),
+                mode: "hub".into(),
+            };
+            Store::create(&dir, identity, self.schema.clone(), seed)?
+        };
+        store.connection().execute_batch(TENANT_SQL)?;
+        let store = Arc::new(Mutex::new(store));
+        {
+            let mut s = store.lock().expect("tenant");
+            Self::flush_hub_outbox(&mut s, 0)?;
+        }
+        map.insert(tenant, store.clone());
+        Ok(store)
+    }
+
+    /// Moves the hub's own changes (policies, sample data) from the tenant
+    /// store's outbox into the log, so devices pull them like any change.
+    /// Idempotent: what is already logged is skipped, so a crash between a
+    /// hub write and this step is repaired at the next open.
+    fn flush_hub_outbox(store: &mut Store, now_ms: u64) -> Result<Vec<Notice>, HubError> {
+        let device = store.identity().device_id;
+        let tenant = store.identity().tenant_id;
+        let mut notices = vec![];
+        for lane in Lane::ALL {
+            let pending = store.pending_changes(lane, usize::MAX >> 1)?;
+            if pending.is_empty() {
+                continue;
+            }
+            let last = pending.last().map(|p| p.change.seq).unwrap_or(0);
+            let schema = store.schema().clone();
+            let conn = store.connection();
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let r = (|| -> Result<(), HubError> {
+                for p in &pending {
+                    let ops: Vec<WireOp> = p.change.ops.iter().map(WireOp::from).collect();
+                    let fresh = conn
+                        .prepare_cached(
+                            "INSERT OR IGNORE INTO hub_seqs(device, lane, seq, digest) VALUES (?1, ?2, ?3, ?4)",
+                        )?
+                        .execute(params![device.to_string(), lane.as_str(), p.change.seq as i64, p.digest])?;
+                    if fresh == 0 {
+                        // Another process (an admin command beside the server) logged it.
+                        continue;
+                    }
+                    for (store_id, part) in split_scope(&schema, &p.change.ops, &ops) {
+                        let pos = insert_log(conn, store_id, device, lane, p.change.seq, &part, now_ms)?;
+                        notices.push(Notice { tenant_id: tenant, store_id, pos });
+                    }
+                }
+                Ok(())
+            })();
+            match r {
+                Ok(()) => conn.execute_batch("COMMIT")?,
+                Err(e) => {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    return Err(e);
+                }
+            }
+            store.set_acked(lane, last)?;
+        }
+        Ok(notices)
+    }
+
+    fn tenant_of_store(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
+        self.control
+            .lock()
+            .expect("control")
+            .query_row(
+                "SELECT name FROM stores WHERE id = ?1 AND tenant = ?2",
+                params![store.to_string(), tenant.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .ok_or_else(|| HubError::NotFound(format!("store {store} of this tenant")))
+    }
+}
+
+/// Splits a change's operations by scope: tenant-wide operations (record
+/// writes, tenant ledgers) and one part per store for store ledgers.
+fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
+    let mut parts: BTreeMap<Option<Uuid>, Vec<WireOp>> = BTreeMap::new();
+    for (op, w) in ops.iter().zip(wire) {
+        let scope = match op {
+            Op::Write(_) => None,
+            Op::Insert(r) => match schema.table(&r.table).map(|t| t.scope) {
+                Ok(Scope::Store) => Some(r.store),
+                _ => None,
+            },
+        };
+        parts.entry(scope).or_default().push(w.clone());
+    }
+    parts.into_iter().collect()
+}
+
+fn insert_log(
+    conn: &Connection,
+    store: Option<Uuid>,
+    device: Uuid,
+    lane: Lane,
+    seq: u64,
+    ops: &[WireOp],
+    now_ms: u64,
+) -> Result<u64, HubError> {
+    let json = serde_json::to_string(ops)?;
+    conn.prepare_cached(
+        "INSERT INTO hub_log(store, device, lane, seq, ops, bytes, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        store.map(|s| s.to_string()),
+        device.to_string(),
+        lane.as_str(),
+        seq as i64,
+        json,
+        json.len() as i64,
+        now_ms as i64
+    ])?;
+    Ok(conn.last_insert_rowid() as u64)
+}
+
+/// Why a pushed change cannot be applied (it is quarantined instead).
+fn validate(schema: &Schema, dev: &DeviceAuth, ops: &[Op]) -> Result<(), String> {
+    for op in ops {
+        op.check(schema).map_err(|e| e.to_string())?;
+        match op {
+            Op::Write(w) if w.id.device != dev.device_id => {
+                return Err("a write claims another device as its origin".into());
+            }
+            Op::Insert(r) if r.device != dev.device_id => {
+                return Err("a ledger row claims another device as its origin".into());
+            }
+            Op::Insert(r) => {
+                let t = schema.table(&r.table).map_err(|e| e.to_string())?;
+                if t.kind == Kind::Ledger && t.scope == Scope::Store && r.store != dev.store_id {
+                    return Err("a ledger row names another store".into());
+                }
+            }
+            Op::Write(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl HubStorage for SqliteHub {
+    fn create_tenant(&self, name: &str, sample: bool, now_ms: u64) -> Result<(Uuid, String), HubError> {
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(HubError::bad("bad_name", "a tenant name is 1 to 200 characters"));
+        }
+        let id = self.new_id(now_ms);
+        let token = format!("tsa_{}", self.random_hex(32));
+        self.control.lock().expect("control").execute(
+            "INSERT INTO tenants(id, name, admin_hash, sample, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id.to_string(), name, sha(&token), sample, now_ms as i64],
+        )?;
+        let t = self.tenant(id)?;
+        if sample {
+            let mut s = t.lock().expect("tenant");
+            tillsync_store::sample::load(&mut s, now_ms, false)?;
+            Self::flush_hub_outbox(&mut s, now_ms)?;
+        }
+        Ok((id, token))
+    }
+
+    fn create_store(&self, tenant: Uuid, name: &str, now_ms: u64) -> Result<Uuid, HubError> {
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(HubError::bad("bad_name", "a store name is 1 to 200 characters"));
+        }
+        let t = self.tenant(tenant)?;
+        let id = self.new_id(now_ms);
+        let sample: bool = {
+            let c = self.control.lock().expect("control");
+            c.execute(
+                "INSERT INTO stores(id, tenant, name, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![id.to_string(), tenant.to_string(), name, now_ms as i64],
+            )?;
+            c.query_row("SELECT sample FROM tenants WHERE id = ?1", [tenant.to_string()], |r| r.get(0))?
+        };
+        if sample {
+            // The sample's opening stock, once for this store.
+            let mut s = t.lock().expect("tenant");
+            s.write(now_ms, |l| {
+                for (_, sku, _, _, _, qty) in tillsync_store::sample::PRODUCTS {
+                    l.insert_in(
+                        id,
+                        tillsync_core::schema::tables::STOCK_MOVEMENTS,
+                        serde_json::json!({"sku": sku, "qty": qty, "reason": "opening"}),
+                    )?;
+                }
+                Ok(())
+            })?;
+            Self::flush_hub_outbox(&mut s, now_ms)?;
+        }
+        Ok(id)
+    }
+
+    fn create_enrol_code(
+        &self,
+        tenant: Uuid,
+        store: Uuid,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<(String, u64), HubError> {
+        self.tenant_of_store(tenant, store)?;
+        const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+        let mut raw = [0u8; 12];
+        self.ids.lock().expect("ids").fill(&mut raw);
+        let chars: String = raw.iter().map(|b| ALPHABET[(*b as usize) % ALPHABET.len()] as char).collect();
+        let code = format!("{}-{}-{}", &chars[0..4], &chars[4..8], &chars[8..12]);
+        let expires = now_ms + ttl_ms;
+        self.control.lock().expect("control").execute(
+            "INSERT INTO codes(code_hash, tenant, store, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![sha(&code), tenant.to_string(), store.to_string(), expires as i64],
+        )?;
+        Ok((code, expires))
+    }
+
+    fn set_policy(&self, tenant: Uuid, target: &str, mode: &str, now_ms: u64) -> Result<Vec<Notice>, HubError> {
+        let policy = tillsync_core::Policy::parse(mode).ok_or_else(|| {
+            HubError::bad("bad_policy", format!("'{mode}' is not a policy: use lww, first or manual"))
+        })?;
+        let t = self.tenant(tenant)?;
+        let mut s = t.lock().expect("tenant");
+        s.set_policy(now_ms, target, policy).map_err(|e| HubError::bad("bad_policy", e.to_string()))?;
+        Self::flush_hub_outbox(&mut s, now_ms)
+    }
+
+    fn set_quota(&self, tenant: Uuid, changes: u64) -> Result<(), HubError> {
+        let n = self.control.lock().expect("control").execute(
+            "UPDATE tenants SET quota_changes = ?2 WHERE id = ?1",
+            params![tenant.to_string(), changes as i64],
+        )?;
+        if n == 0 {
+            return Err(HubError::NotFound(format!("tenant {tenant}")));
+        }
+        Ok(())
+    }
+
+    fn usage(&self, tenant: Uuid) -> Result<Usage, HubError> {
+        let (devices, stores, quota): (i64, i64, i64) = {
+            let c = self.control.lock().expect("control");
+            (
+                c.query_row(
+                    "SELECT count(*) FROM devices WHERE tenant = ?1 AND status = 'active'",
+                    [tenant.to_string()],
+                    |r| r.get(0),
+                )?,
+                c.query_row("SELECT count(*) FROM stores WHERE tenant = ?1", [tenant.to_string()], |r| r.get(0))?,
+                c.query_row("SELECT quota_changes FROM tenants WHERE id = ?1", [tenant.to_string()], |r| r.get(0))?,
+            )
+        };
+        let t = self.tenant(tenant)?;
+        let s = t.lock().expect("tenant");
+        let conn = s.connection();
+        let (changes, bytes): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(sum(bytes), 0) FROM hub_log", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let quarantined: i64 = conn.query_row("SELECT count(*) FROM hub_quarantine", [], |r| r.get(0))?;
+        Ok(Usage {
+            changes: changes as u64,
+            bytes: bytes as u64,
+            devices: devices as u64,
+            stores: stores as u64,
+            quarantined: quarantined as u64,
+            quota_changes: quota as u64,
+        })
+    }
+
+    fn enrol(&self, code: &str, name: &str, now_ms: u64) -> Result<Enrolment, HubError> {
+        if name.trim().is_empty() || name.len() > 200 {
+            return Err(HubError::bad("bad_name", "a device name is 1 to 200 characters"));
+        }
+        let device_id = self.new_id(now_ms);
+        let token = format!("tsd_{}", self.random_hex(32));
+        let mut c = self.control.lock().expect("control");
+        let tx = c.transaction()?;
+        // Single use: the update succeeds once, and only before expiry.
+        let row: Option<(String, String)> = tx
+            .query_row(
+                "UPDATE codes SET used_ms = ?2 WHERE code_hash = ?1 AND used_ms IS NULL AND expires_ms > ?2 RETURNING tenant, store",
+                params![sha(code.trim()), now_ms as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (tenant, store) = row.ok_or(HubError::BadCode)?;
+        let n: i64 = tx.query_row(
+            "UPDATE tenants SET next_prefix = next_prefix + 1 WHERE id = ?1 RETURNING next_prefix - 1",
+            [&tenant],
+            |r| r.get(0),
+        )?;
+        let prefix = format!("T{n}");
+        tx.execute(
+            "INSERT INTO devices(id, tenant, store, name, token_hash, prefix, status, enrolled_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'active', ?7)",
+            params![device_id.to_string(), tenant, store, name, sha(&token), prefix, now_ms as i64],
+        )?;
+        tx.commit()?;
+        let parse = |s: &str| Uuid::parse_str(s).map_err(|e| HubError::Internal(e.to_string()));
+        Ok(Enrolment { device_id, token, tenant_id: parse(&tenant)?, store_id: parse(&store)?, receipt_prefix: prefix })
+    }
+
+    fn authenticate(&self, token: &str) -> Result<Caller, HubError> {
+        if token.len() > 200 {
+            return Err(HubError::Unauthorized);
+        }
+        let h = sha(token);
+        let c = self.control.lock().expect("control");
+        // Lookup by hash: the token itself is never stored or compared.
+        if token.starts_with("tsd_") {
+            let row: Option<(String, String, String, String)> = c
+                .prepare_cached("SELECT id, tenant, store, status FROM devices WHERE token_hash = ?1")?
+                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            let (id, tenant, store, status) = row.ok_or(HubError::Unauthorized)?;
+            if status != "active" {
+                return Err(HubError::Revoked);
+            }
+            let parse = |s: &str| Uuid::parse_str(s).map_err(|e| HubError::Internal(e.to_string()));
+            return Ok(Caller::Device(DeviceAuth {
+                device_id: parse(&id)?,
+                tenant_id: parse(&tenant)?,
+                store_id: parse(&store)?,
+            }));
+        }
+        if token.starts_with("tsa_") {
+            let tenant: Option<String> = c
+                .prepare_cached("SELECT id FROM tenants WHERE admin_hash = ?1")?
+                .query_row([&h], |r| r.get(0))
+                .optional()?;
+            let tenant = tenant.ok_or(HubError::Unauthorized)?;
+            return Ok(Caller::Admin {
+                tenant_id: Uuid::parse_str(&tenant).map_err(|e| HubError::Internal(e.to_string()))?,
+            });
+        }
+        Err(HubError::Unauthorized)
+    }
+
+    fn push(&self, dev: &DeviceAuth, req: &PushRequest, now_ms: u64) -> Result<(PushResponse, Vec<Notice>), HubError> {
+        if req.changes.len() > PUSH_LEN_MAX {
+            return Err(HubError::bad("too_many_changes", format!("push at most {PUSH_LEN_MAX} changes at once")));
+        }
+        let quota: i64 = self.control.lock().expect("control").query_row(
+            "SELECT quota_changes FROM tenants WHERE id = ?1",
+            [dev.tenant_id.to_string()],
+            |r| r.get(0),
+        )?;
+        let t = self.tenant(dev.tenant_id)?;
+        let mut store = t.lock().expect("tenant");
+        let mut by_lane: BTreeMap<Lane, Vec<&tillsync_core::wire::WireChange>> = BTreeMap::new();
+        for c in &req.changes {
+            by_lane.entry(c.lane).or_default().push(c);
+        }
+        let device = dev.device_id.to_string();
+        let schema = self.schema.clone();
+        let mut notices = vec![];
+        let lanes = store.transaction(|s| -> Result<BTreeMap<Lane, LaneAck>, HubError> {
+            let mut lanes = BTreeMap::new();
+            for (lane, mut changes) in by_lane {
+                changes.sort_by_key(|c| c.seq);
+                let mut ack = LaneAck::default();
+                let quota_lane = matches!(lane, Lane::Catalog | Lane::Telemetry);
+                for wc in changes {
+                    let decision = decide_push(&SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }, wc.seq, &wc.digest);
+                    match decision {
+                        PushDecision::Duplicate => {}
+                        PushDecision::Refuse(e) => {
+                            ack.error = Some(e);
+                            break;
+                        }
+                        PushDecision::Store => {
+                            if quota_lane && quota > 0 {
+                                let used: i64 = s.connection().query_row(
+                                    "SELECT count(*) FROM hub_seqs WHERE lane IN ('catalog', 'telemetry') AND device != ?1",
+                                    [Self::hub_device(dev.tenant_id).to_string()],
+                                    |r| r.get(0),
+                                )?;
+                                if used >= quota {
+                                    ack.error = Some(ErrorBody {
+                                        code: "quota_exceeded".into(),
+                                        message: format!("the tenant's quota of {quota} catalogue and telemetry changes is used up: raise it or compact; sales are not affected"),
+                                        expected: None,
+                                    });
+                                    break;
+                                }
+                            }
+                            s.connection()
+                                .prepare_cached("INSERT INTO hub_seqs(device, lane, seq, digest) VALUES (?1, ?2, ?3, ?4)")?
+                                .execute(params![device, lane.as_str(), wc.seq as i64, wc.digest])?;
+                            let change = wc.to_change(dev.device_id);
+                            let verdict = match &change {
+                                Ok(c) => validate(&schema, dev, &c.ops),
+                                Err(e) => Err(e.to_string()),
+                            };
+                            match verdict {
+                                Ok(()) => {
+                                    let change = change.expect("validated");
+                                    for (store_id, part) in split_scope(&schema, &change.ops, &wc.ops) {
+                                        let pos = insert_log(s.connection(), store_id, dev.device_id, lane, wc.seq, &part, now_ms)?;
+                                        notices.push(Notice { tenant_id: dev.tenant_id, store_id, pos });
+                                    }
+                                    s.apply_in_transaction(&change.ops)?;
+                                }
+                                Err(reason) => {
+                                    // Acknowledged and kept, never applied: visible on the hub and the till.
+                                    s.connection()
+                                        .prepare_cached(
+                                            "INSERT INTO hub_quarantine(device, lane, seq, reason, ops, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                                        )?
+                                        .execute(params![device, lane.as_str(), wc.seq as i64, reason, serde_json::to_string(&wc.ops)?, now_ms as i64])?;
+                                    ack.quarantined.push(tillsync_core::wire::QuarantineAck { seq: wc.seq, reason });
+                                }
+                            }
+                        }
+                    }
+                }
+                ack.acked_through = SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }.next_seq() - 1;
+                lanes.insert(lane, ack);
+            }
+            Ok(lanes)
+        })?;
+        let hub_hlc = store.clock().0;
+        drop(store);
+        let skew = req.device_time_ms as i64 - now_ms as i64;
+        self.control.lock().expect("control").execute(
+            "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3 WHERE id = ?1",
+            params![device, now_ms as i64, skew],
+        )?;
+        Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc, skew_ms: skew }, notices))
+    }
+
+    fn pull(&self, dev: &DeviceAuth, after: u64, limit_len: usize, now_ms: u64) -> Result<PullResponse, HubError> {
+        let limit = limit_len.clamp(1, PULL_LEN_MAX);
+        let t = self.tenant(dev.tenant_id)?;
+        let store = t.lock().expect("tenant");
+        let conn = store.connection();
+        // SQLite has one writer and positions are assigned inside its
+        // transaction, so every position up to the highest one is committed:
+        // pulling by position never skips a change.
+        let max_pos: i64 = conn.query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
+        let mut st = conn.prepare_cached(
+            "SELECT pos, device, ops FROM hub_log WHERE pos > ?1 AND (store IS NULL OR store = ?2) AND device != ?3 ORDER BY pos LIMIT ?4",
+        )?;
+        let rows = st.query_map(
+            params![after as i64, dev.store_id.to_string(), dev.device_id.to_string(), limit as i64],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+        )?;
+        let mut entries = Vec::new();
+        for r in rows {
+            let (pos, device, ops) = r?;
+            entries.push(Entry {
+                pos: pos as u64,
+                device: Uuid::parse_str(&device).map_err(|e| HubError::Internal(e.to_string()))?,
+                ops: serde_json::from_str(&ops)?,
+            });
+        }
+        let more = entries.len() == limit;
+        let cursor = if more { entries.last().map_or(after, |e| e.pos) } else { (max_pos as u64).max(after) };
+        Ok(PullResponse { entries, cursor, more, hub_time_ms: now_ms })
+    }
+
+    fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {
+        let t = self.tenant(dev.tenant_id)?;
+        let store = t.lock().expect("tenant");
+        // The lock keeps writers out, so the cursor and the state match.
+        let cursor: i64 =
+            store.connection().query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
+        let ops = store.snapshot_ops(Some(dev.store_id))?;
+        Ok(Snapshot { cursor: cursor as u64, ops: ops.iter().map(WireOp::from).collect() })
+    }
+
+    fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError> {
+        let c = self.control.lock().expect("control");
+        let mut st = c.prepare(
+            "SELECT id, name, store, prefix, status, enrolled_ms, last_seen_ms, skew_ms FROM devices WHERE tenant = ?1 ORDER BY enrolled_ms",
+        )?;
+        let rows = st.query_map([tenant.to_string()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+            ))
+        })?;
+        let mut out = vec![];
+        for r in rows {
+            let (id, name, store, prefix, status, enrolled, seen, skew) = r?;
+            let parse = |s: &str| Uuid::parse_str(s).map_err(|e| HubError::Internal(e.to_string()));
+            out.push(DeviceInfo {
+                device_id: parse(&id)?,
+                name,
+                store_id: parse(&store)?,
+                receipt_prefix: prefix,
+                status,
+                enrolled_at_ms: enrolled as u64,
+                last_seen_ms: seen.map(|s| s as u64),
+                skew_ms: skew,
+            });
+        }
+        Ok(out)
+    }
+
+    fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError> {
+        let n = self.control.lock().expect("control").execute(
+            "UPDATE devices SET status = 'revoked' WHERE id = ?1 AND tenant = ?2",
+            params![device.to_string(), tenant.to_string()],
+        )?;
+        if n == 0 {
+            return Err(HubError::NotFound(format!("device {device}")));
+        }
+        Ok(())
+    }
+
+    fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
+        self.tenant_of_store(tenant, store)?;
+        let t = self.tenant(tenant)?;
+        let s = t.lock().expect("tenant");
+        Ok(s.digests_for(Some(store))?.0)
+    }
+}

@@ -1,0 +1,64 @@
+//! The storage trait every hub backend implements (SQLite now, PostgreSQL
+//! next). Methods are blocking; the HTTP layer calls them off the async
+//! threads. Tenant and store always come from the authenticated caller.
+
+use crate::HubError;
+use tillsync_core::wire::{DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, Snapshot, Usage};
+use uuid::Uuid;
+
+/// An authenticated device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceAuth {
+    pub device_id: Uuid,
+    pub tenant_id: Uuid,
+    pub store_id: Uuid,
+}
+
+/// Who is calling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    Device(DeviceAuth),
+    Admin { tenant_id: Uuid },
+}
+
+/// New log entries exist: who may hear about them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Notice {
+    pub tenant_id: Uuid,
+    /// `None` for tenant-wide entries (catalogue, settings).
+    pub store_id: Option<Uuid>,
+    pub pos: u64,
+}
+
+/// A hub storage backend.
+pub trait HubStorage: Send + Sync + 'static {
+    /// Creates a tenant; returns its id and admin token (shown once).
+    fn create_tenant(&self, name: &str, sample: bool, now_ms: u64) -> Result<(Uuid, String), HubError>;
+    /// Creates a store of a tenant (a sample tenant's store gets opening stock).
+    fn create_store(&self, tenant: Uuid, name: &str, now_ms: u64) -> Result<Uuid, HubError>;
+    /// A one-time enrolment code for a store; returns it and its expiry.
+    fn create_enrol_code(&self, tenant: Uuid, store: Uuid, now_ms: u64, ttl_ms: u64)
+    -> Result<(String, u64), HubError>;
+    /// Sets a conflict policy (a synced record written by the hub).
+    fn set_policy(&self, tenant: Uuid, target: &str, mode: &str, now_ms: u64) -> Result<Vec<Notice>, HubError>;
+    /// Sets the quota on catalogue and telemetry changes (0: none).
+    fn set_quota(&self, tenant: Uuid, changes: u64) -> Result<(), HubError>;
+    /// Usage of a tenant.
+    fn usage(&self, tenant: Uuid) -> Result<Usage, HubError>;
+    /// Exchanges a code for a device token.
+    fn enrol(&self, code: &str, name: &str, now_ms: u64) -> Result<Enrolment, HubError>;
+    /// Resolves a bearer token.
+    fn authenticate(&self, token: &str) -> Result<Caller, HubError>;
+    /// Stores pushed changes durably, lane by lane.
+    fn push(&self, dev: &DeviceAuth, req: &PushRequest, now_ms: u64) -> Result<(PushResponse, Vec<Notice>), HubError>;
+    /// Log entries after `after` in the device's scope.
+    fn pull(&self, dev: &DeviceAuth, after: u64, limit_len: usize, now_ms: u64) -> Result<PullResponse, HubError>;
+    /// The merged state of the device's scope and the cursor it matches.
+    fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
+    /// Devices of a tenant.
+    fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError>;
+    /// Revokes a device of a tenant at once.
+    fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError>;
+    /// The hub's state digest of one store (tenant records + that store's ledgers).
+    fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError>;
+}

@@ -1,0 +1,231 @@
+//! HTTP client for the hub's `/v1` API.
+
+use crate::sync::SyncError;
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tillsync_core::wire::{
+    DeviceInfo, EnrolRequest, Enrolment, ErrorBody, PullResponse, PushRequest, PushResponse, Snapshot, Usage,
+};
+
+/// How to reach a hub.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// A PEM file with the CA (or self-signed) certificate to trust instead
+    /// of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain HTTP to a hub that is not on this machine.
+    pub insecure: bool,
+    /// Per-request timeout.
+    pub timeout_ms: u64,
+}
+
+/// A hub client.
+#[derive(Clone, Debug)]
+pub struct HubClient {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Requests above this size are sent zstd-compressed, in bytes.
+const COMPRESS_LEN_MIN: usize = 1_024;
+/// Largest response accepted after decompression, in bytes.
+const RESPONSE_LEN_MAX: usize = 256 << 20;
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || host.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, SyncError> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| SyncError::Config(format!("cannot read the CA file {}: {e}", path.display())))?;
+            for c in certs {
+                let c = c.map_err(|e| SyncError::Config(format!("bad certificate in {}: {e}", path.display())))?;
+                roots.add(c).map_err(|e| SyncError::Config(format!("bad certificate in {}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| SyncError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl HubClient {
+    /// A client for the hub at `url` (https://..., or http:// on loopback).
+    pub fn new(url: &str, token: Option<String>, opts: &ClientOptions) -> Result<HubClient, SyncError> {
+        let url = url.trim_end_matches('/');
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|_| SyncError::Config(format!("'{url}' is not a URL: use https://HOST[:PORT]")))?;
+        match parsed.scheme() {
+            "https" => {}
+            "http" => {
+                let host = parsed.host_str().unwrap_or("");
+                if !is_loopback(host) && !opts.insecure {
+                    return Err(SyncError::Config(format!(
+                        "refusing plain HTTP to {host}: use https://, or pass --insecure if this network is trusted"
+                    )));
+                }
+            }
+            other => return Err(SyncError::Config(format!("unsupported scheme '{other}': use https://"))),
+        }
+        let timeout = if opts.timeout_ms == 0 { 30_000 } else { opts.timeout_ms };
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_config(opts.ca_file.as_ref())?)
+            .connect_timeout(Duration::from_millis(timeout.min(10_000)))
+            .timeout(Duration::from_millis(timeout))
+            .build()
+            .map_err(|e| SyncError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(HubClient { base: url.to_string(), http, token })
+    }
+
+    /// The hub's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}{path}", self.base)).header(ACCEPT_ENCODING, "zstd");
+        if let Some(t) = &self.token {
+            r = r.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        r
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, SyncError> {
+        let resp = req.send().await.map_err(SyncError::from_reqwest)?;
+        let status = resp.status();
+        let zstd = resp.headers().get(CONTENT_ENCODING).is_some_and(|v| v == "zstd");
+        let raw = resp.bytes().await.map_err(SyncError::from_reqwest)?;
+        let body = if zstd {
+            zstd::bulk::decompress(&raw, RESPONSE_LEN_MAX)
+                .map_err(|e| SyncError::Network(format!("bad zstd from the hub: {e}")))?
+        } else {
+            raw.to_vec()
+        };
+        if !status.is_success() {
+            let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+                code: "http".into(),
+                message: format!("the hub answered {status}"),
+                expected: None,
+            });
+            return Err(SyncError::Hub { status: status.as_u16(), code: err.code, message: err.message });
+        }
+        serde_json::from_slice(&body).map_err(|e| SyncError::Network(format!("unreadable answer from the hub: {e}")))
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, SyncError> {
+        let json = serde_json::to_vec(body).map_err(|e| SyncError::Config(e.to_string()))?;
+        let mut req = self.request(reqwest::Method::POST, path).header(CONTENT_TYPE, "application/json");
+        if json.len() >= COMPRESS_LEN_MIN {
+            let c = zstd::bulk::compress(&json, 3).map_err(|e| SyncError::Config(e.to_string()))?;
+            req = req.header(CONTENT_ENCODING, "zstd").body(c);
+        } else {
+            req = req.body(json);
+        }
+        self.send(req).await
+    }
+
+    /// Whether the hub answers its health check with the expected body.
+    pub async fn healthy(&self) -> bool {
+        match self.request(reqwest::Method::GET, "/healthz").send().await {
+            Ok(r) if r.status().is_success() => r.text().await.is_ok_and(|t| t.trim() == "tillsync-hub ok v1"),
+            _ => false,
+        }
+    }
+
+    /// Exchanges an enrolment code for a device token.
+    pub async fn enrol(&self, code: &str, name: &str) -> Result<Enrolment, SyncError> {
+        self.post("/v1/enrol", &EnrolRequest { code: code.into(), name: name.into() }).await
+    }
+
+    /// Pushes changes.
+    pub async fn push(&self, req: &PushRequest) -> Result<PushResponse, SyncError> {
+        self.post("/v1/push", req).await
+    }
+
+    /// Pulls one page after a cursor.
+    pub async fn pull(&self, after: u64, limit: usize) -> Result<PullResponse, SyncError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/pull").query(&[("after", after), ("limit", limit as u64)]))
+            .await
+    }
+
+    /// The merged state of this device's scope.
+    pub async fn snapshot(&self) -> Result<Snapshot, SyncError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/snapshot")).await
+    }
+
+    /// Devices of the tenant (admin token).
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, SyncError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/devices")).await
+    }
+
+    /// Revokes a device (admin token).
+    pub async fn revoke(&self, device: &str) -> Result<serde_json::Value, SyncError> {
+        self.post(&format!("/v1/devices/{device}/revoke"), &serde_json::json!({})).await
+    }
+
+    /// The tenant's usage (admin token).
+    pub async fn usage(&self) -> Result<Usage, SyncError> {
+        self.send(self.request(reqwest::Method::GET, "/v1/usage")).await
+    }
+
+    /// The hub's digest of a store (admin token).
+    pub async fn store_digest(&self, store: &str) -> Result<serde_json::Value, SyncError> {
+        self.send(self.request(reqwest::Method::GET, &format!("/v1/stores/{store}/digest"))).await
+    }
+
+    /// Listens to live events; calls `on_event` for each change notice until
+    /// the stream ends or fails.
+    pub async fn listen(&self, mut on_event: impl FnMut()) -> Result<(), SyncError> {
+        let resp = self
+            .http
+            .get(format!("{}/v1/events", self.base))
+            .header(AUTHORIZATION, format!("Bearer {}", self.token.as_deref().unwrap_or("")))
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await
+            .map_err(SyncError::from_reqwest)?;
+        if !resp.status().is_success() {
+            return Err(SyncError::Hub {
+                status: resp.status().as_u16(),
+                code: "events".into(),
+                message: "event stream refused".into(),
+            });
+        }
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(SyncError::from_reqwest)?;
+            buf.extend_from_slice(&chunk);
+            while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
+                let frame: Vec<u8> = buf.drain(..i + 2).collect();
+                if frame.windows(12).any(|w| w == b"event: chang") || frame.windows(11).any(|w| w == b"event:chang") {
+                    on_event();
+                }
+            }
+            if buf.len() > 1 << 20 {
+                buf.clear();
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! One sync round and enrolment. Push first (sales before anything else),
+//! then pull every page; every step is durable before the next.
+
+use crate::client::{ClientOptions, HubClient};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use tillsync_core::wire::{PushRequest, WireChange};
+use tillsync_core::{Hlc, IdGen, Lane, Op, Schema};
+use tillsync_store::{Identity, Store, StoreError};
+
+/// Errors of syncing. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot reach the hub: {0}")]
+    Network(String),
+    #[error("{0}")]
+    Tls(String),
+    #[error("the hub refused: {message} ({code})")]
+    Hub { status: u16, code: String, message: String },
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl SyncError {
+    pub(crate) fn from_reqwest(e: reqwest::Error) -> SyncError {
+        let mut chain = e.to_string();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        while let Some(s) = src {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            src = s.source();
+        }
+        if chain.contains("certificate") || chain.contains("UnknownIssuer") || chain.contains("NotValidForName") {
+            SyncError::Tls(format!(
+                "the hub's TLS certificate is not trusted ({chain}): check the URL, or pass --ca FILE with the hub's CA certificate"
+            ))
+        } else {
+            SyncError::Network(chain)
+        }
+    }
+
+    /// Whether the hub said this device is revoked.
+    pub fn is_revoked(&self) -> bool {
+        matches!(self, SyncError::Hub { code, .. } if code == "revoked")
+    }
+}
+
+/// What a sync round did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncReport {
+    pub pushed: u64,
+    pub pulled: u64,
+    pub conflicts: u64,
+    pub quarantined: u64,
+    pub skew_ms: i64,
+    /// Lane errors that did not stop the other lanes.
+    pub lane_errors: Vec<String>,
+}
+
+/// Changes sent per push request.
+pub const PUSH_BATCH_LEN: usize = 200;
+/// Entries asked per pull page.
+pub const PULL_PAGE_LEN: usize = 500;
+/// Pages a round may pull before yielding (the driver calls again).
+const PULL_PAGES_MAX: usize = 10_000;
+
+/// The file holding the device token (mode 0600).
+pub fn token_path(dir: &Path) -> PathBuf {
+    dir.join("device.token")
+}
+
+/// Saves the device token readable by its owner only.
+pub fn save_token(dir: &Path, token: &str) -> Result<(), SyncError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = token_path(dir);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| SyncError::Config(format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(token.as_bytes()).map_err(|e| SyncError::Config(format!("cannot write {}: {e}", path.display())))?;
+    f.sync_all().map_err(|e| SyncError::Config(e.to_string()))?;
+    Ok(())
+}
+
+/// Reads the device token.
+pub fn load_token(dir: &Path) -> Result<String, SyncError> {
+    std::fs::read_to_string(token_path(dir)).map(|t| t.trim().to_string()).map_err(|_| {
+        SyncError::Config(format!(
+            "{} is not enrolled with a hub: run `till node init --data DIR --hub URL --code CODE`",
+            dir.display()
+        ))
+    })
+}
+
+/// The client for this till's hub, from what `node init` stored.
+pub fn client_for(dir: &Path, store: &Store) -> Result<HubClient, SyncError> {
+    let url = store.get_meta("hub_url")?.ok_or_else(|| {
+        SyncError::Config(format!("{} is a standalone till: it has no hub to sync with", dir.display()))
+    })?;
+    let opts = ClientOptions {
+        ca_file: store.get_meta("hub_ca_file")?.map(PathBuf::from),
+        insecure: store.get_meta("hub_insecure")?.as_deref() == Some("true"),
+        timeout_ms: 30_000,
+    };
+    HubClient::new(&url, Some(load_token(dir)?), &opts)
+}
+
+/// Enrols a new till with a code and bootstraps it from the hub's snapshot.
+pub async fn enrol_and_bootstrap(
+    dir: &Path,
+    url: &str,
+    code: &str,
+    name: &str,
+    opts: &ClientOptions,
+    ids: IdGen,
+) -> Result<Store, SyncError> {
+    if dir.join(tillsync_store::DB_FILE).exists() {
+        return Err(SyncError::Config(format!("{} already holds a till; choose another folder", dir.display())));
+    }
+    let anon = HubClient::new(url, None, opts)?;
+    let e = anon.enrol(code, name).await?;
+    let identity = Identity {
+        tenant_id: e.tenant_id,
+        store_id: e.store_id,
+        device_id: e.device_id,
+        receipt_prefix: e.receipt_prefix.clone(),
+        name: name.to_string(),
+        mode: "hub".into(),
+    };
+    let mut store = Store::create(dir, identity, Schema::standard(), ids)?;
+    save_token(dir, &e.token)?;
+    store.set_meta("hub_url", anon.base())?;
+    if let Some(ca) = &opts.ca_file {
+        let abs = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
+        store.set_meta("hub_ca_file", &abs.display().to_string())?;
+    }
+    if opts.insecure {
+        store.set_meta("hub_insecure", "true")?;
+    }
+    let client = HubClient::new(url, Some(e.token), opts)?;
+    let snap = client.snapshot().await?;
+    let ops: Vec<Op> = snap
+        .ops
+        .iter()
+        .map(Op::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|e| SyncError::Network(format!("the hub's snapshot is malformed: {e}")))?;
+    store.apply_pulled(&ops, snap.cursor)?;
+    Ok(store)
+}
+
+/// One sync round: push every lane (sales first), then pull every page.
+pub async fn sync_once(
+    store: &mut Store,
+    client: &HubClient,
+    now_ms: impl Fn() -> u64,
+) -> Result<SyncReport, SyncError> {
+    let mut report = SyncReport::default();
+    let result = round(store, client, &now_ms, &mut report).await;
+    match &result {
+        Ok(()) => {
+            store.set_meta("last_sync_ms", &now_ms().to_string())?;
+            store.set_meta("last_error", "")?;
+            if report.lane_errors.is_empty() {
+                store.set_meta("hub_status", "ok")?;
+            }
+        }
+        Err(e) => {
+            store.set_meta("last_error", &e.to_string())?;
+            if e.is_revoked() {
+                store.set_meta("hub_status", "revoked")?;
+            }
+        }
+    }
+    result.map(|()| report)
+}
+
+async fn round(
+    store: &mut Store,
+    client: &HubClient,
+    now_ms: &impl Fn() -> u64,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    // Push until nothing is pending or a round makes no progress.
+    let mut blocked: Vec<Lane> = vec![];
+    for _ in 0..10_000 {
+        let mut changes: Vec<WireChange> = vec![];
+        for lane in Lane::ALL {
+            if blocked.contains(&lane) {
+                continue;
+            }
+            let room = PUSH_BATCH_LEN - changes.len();
+            if room == 0 {
+                break;
+            }
+            for p in store.pending_changes(lane, room)? {
+                changes.push(WireChange::from_change(&p.change, p.digest));
+            }
+        }
+        if changes.is_empty() {
+            break;
+        }
+        let sent = changes.len() as u64;
+        let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes }).await?;
+        let mut progress = false;
+        for (lane, ack) in &resp.lanes {
+            let before = store.acked(*lane)?;
+            store.set_acked(*lane, ack.acked_through)?;
+            if ack.acked_through != before {
+                progress = true;
+            }
+            for q in &ack.quarantined {
+                store.note_quarantine(*lane, q.seq, &q.reason, now_ms())?;
+                report.quarantined += 1;
+            }
+            if let Some(e) = &ack.error {
+                if e.code == "gap" {
+                    // The hub expects less than we sent: it was restored; the
+                    // acknowledged sequence above already moved back.
+                    progress = true;
+                    continue;
+                }
+                report.lane_errors.push(format!("{lane}: {}", e.message));
+                store.set_meta("last_lane_error", &format!("{lane}: {} ({})", e.message, e.code))?;
+                blocked.push(*lane);
+            }
+        }
+        store.observe_clock(Hlc(resp.hub_hlc))?;
+        store.set_meta("skew_ms", &resp.skew_ms.to_string())?;
+        report.skew_ms = resp.skew_ms;
+        report.pushed += sent;
+        if !progress {
+            break;
+        }
+    }
+    // Pull every page; each page is applied with its cursor in one transaction.
+    for _ in 0..PULL_PAGES_MAX {
+        let cursor = store.pull_cursor()?;
+        let page = client.pull(cursor, PULL_PAGE_LEN).await?;
+        let mut ops: Vec<Op> = Vec::new();
+        for e in &page.entries {
+            for w in &e.ops {
+                ops.push(
+                    Op::try_from(w).map_err(|e| SyncError::Network(format!("malformed change from the hub: {e}")))?,
+                );
+            }
+        }
+        report.pulled += page.entries.len() as u64;
+        if page.cursor != cursor || !ops.is_empty() {
+            store.apply_pulled(&ops, page.cursor)?;
+        }
+        if !page.more {
+            break;
+        }
+    }
+    report.conflicts =
+        store.conflicts()?.iter().filter(|c| c.status != tillsync_core::ConflictStatus::Resolved).count() as u64;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! The till's side of sync bookkeeping: what is pending per lane, what the
+//! hub acknowledged, the pull cursor, quarantine notes and sync figures.
+//! The protocol itself runs in the node client; this only stores its state.
+
+use crate::{Store, StoreError};
+use rusqlite::params;
+use serde::Serialize;
+use tillsync_core::{Change, Lane, Op};
+
+/// A queued change with the digest it was stored with.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub change: Change,
+    pub digest: String,
+}
+
+/// A change the hub acknowledged into quarantine.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuarantineNote {
+    pub lane: String,
+    pub seq: u64,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+impl Store {
+    /// Changes of a lane not yet acknowledged, oldest first.
+    pub fn pending_changes(&self, lane: Lane, limit_len: usize) -> Result<Vec<Pending>, StoreError> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT o.change, o.digest FROM outbox o JOIN lanes l ON l.lane = o.lane
+             WHERE o.lane = ?1 AND o.seq > l.acked_seq ORDER BY o.seq LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![lane.as_str(), limit_len as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (c, digest) = r?;
+            out.push(Pending { change: serde_json::from_str(&c)?, digest });
+        }
+        Ok(out)
+    }
+
+    /// The highest sequence of a lane the hub has acknowledged.
+    pub fn acked(&self, lane: Lane) -> Result<u64, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT acked_seq FROM lanes WHERE lane = ?1", [lane.as_str()], |r| r.get::<_, i64>(0))?
+            as u64)
+    }
+
+    /// Records the hub's acknowledgement of a lane. A lower value than before
+    /// means the hub was restored: the changes above it are sent again.
+    pub fn set_acked(&self, lane: Lane, acked_through: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE lanes SET acked_seq = min(?2, next_seq - 1) WHERE lane = ?1",
+            params![lane.as_str(), acked_through as i64],
+        )?;
+        Ok(())
+    }
+
+    /// The pull cursor (0 before the first pull).
+    pub fn pull_cursor(&self) -> Result<u64, StoreError> {
+        Ok(self.meta_get("pull_cursor")?.and_then(|c| c.parse().ok()).unwrap_or(0))
+    }
+
+    /// Applies one pulled page and moves the cursor, in one transaction, so a
+    /// crash never skips or re-applies half a page.
+    pub fn apply_pulled(&mut self, ops: &[Op], cursor: u64) -> Result<usize, StoreError> {
+        self.transaction(|s| {
+            let n = s.apply_in_transaction(ops)?;
+            s.meta_set("pull_cursor", &cursor.to_string())?;
+            Ok::<_, StoreError>(n)
+        })
+    }
+
+    /// Records a quarantine note from the hub.
+    pub fn note_quarantine(&self, lane: Lane, seq: u64, reason: &str, at_ms: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO quarantine(lane, seq, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![lane.as_str(), seq as i64, reason, at_ms as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Quarantine notes, newest first.
+    pub fn quarantine(&self) -> Result<Vec<QuarantineNote>, StoreError> {
+        let mut st = self.conn.prepare("SELECT lane, seq, reason, at_ms FROM quarantine ORDER BY at_ms DESC")?;
+        let rows = st.query_map([], |r| {
+            Ok(QuarantineNote {
+                lane: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                reason: r.get(2)?,
+                at_ms: r.get::<_, i64>(3)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Merges a clock reading received from the hub.
+    pub fn observe_clock(&mut self, hlc: tillsync_core::Hlc) -> Result<(), StoreError> {
+        self.clock.observe(hlc);
+        self.meta_set("hlc", &self.clock.last().0.to_string())
+    }
+
+    /// A node setting or figure kept in the database (hub URL, last sync...).
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.meta_get(key)
+    }
+
+    /// Sets a node setting or figure.
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.meta_set(key, value)
+    }
+}
