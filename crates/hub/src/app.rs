@@ -130,23 +130,72 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     }
 }
 
-/// The router of API version 1.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/enrol", post(enrol))
-        .route("/v1/push", post(push))
-        .route("/v1/pull", get(pull))
-        .route("/v1/snapshot", get(snapshot))
-        .route("/v1/events", get(events))
-        .route("/v1/devices", get(devices))
-        .route("/v1/devices/{id}/revoke", post(revoke))
-        .route("/v1/usage", get(usage))
-        .route("/v1/stores/{id}/digest", get(store_digest))
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (health check, enrolment with a code).
+    Public,
+    /// A device token; tenant and store come from it.
+    Device,
+    /// A tenant's admin token.
+    Admin,
+}
+
+/// One route of the API, as registered.
+#[derive(Clone, Debug)]
+pub struct RouteInfo {
+    pub method: axum::http::Method,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// Registers routes and remembers them, so tests can enumerate every route
+/// (a new endpoint cannot be missed by the isolation matrix).
+struct Routes {
+    router: Router<AppState>,
+    list: Vec<RouteInfo>,
+}
+
+impl Routes {
+    fn add(
+        mut self,
+        method: axum::http::Method,
+        path: &'static str,
+        access: Access,
+        mr: axum::routing::MethodRouter<AppState>,
+    ) -> Self {
+        self.router = self.router.route(path, mr);
+        self.list.push(RouteInfo { method, path, access });
+        self
+    }
+}
+
+/// The router of API version 1 and the list of its routes.
+pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
+    use axum::http::Method;
+    let r = Routes { router: Router::new(), list: vec![] }
+        .add(Method::GET, "/healthz", Access::Public, get(healthz))
+        .add(Method::POST, "/v1/enrol", Access::Public, post(enrol))
+        .add(Method::POST, "/v1/push", Access::Device, post(push))
+        .add(Method::GET, "/v1/pull", Access::Device, get(pull))
+        .add(Method::GET, "/v1/snapshot", Access::Device, get(snapshot))
+        .add(Method::GET, "/v1/events", Access::Device, get(events))
+        .add(Method::GET, "/v1/devices", Access::Admin, get(devices))
+        .add(Method::POST, "/v1/devices/{id}/revoke", Access::Admin, post(revoke))
+        .add(Method::GET, "/v1/usage", Access::Admin, get(usage))
+        .add(Method::GET, "/v1/stores/{id}/digest", Access::Admin, get(store_digest));
+    let router = r
+        .router
         .fallback(|| async { HubError::NotFound("route".into()) })
         .layer(middleware::from_fn(zstd_layer))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
-        .with_state(state)
+        .with_state(state);
+    (router, r.list)
+}
+
+/// The router of API version 1.
+pub fn app(state: AppState) -> Router {
+    app_with_routes(state).0
 }
 
 async fn healthz() -> &'static str {
@@ -276,7 +325,8 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
                 Body::from(d)
             }
             Err(_) => {
-                return HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large").into_response();
+                return HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large")
+                    .into_response();
             }
         }
     } else {

@@ -98,6 +98,14 @@ pub struct Status {
     pub over_refunded: i64,
     pub schema_version: i64,
     pub hlc: u64,
+    /// `standalone`, `ok`, `revoked` or `error` (last round failed).
+    pub hub_status: String,
+    pub hub_url: Option<String>,
+    pub last_sync_ms: Option<u64>,
+    pub last_error: Option<String>,
+    /// This till's clock minus the hub's, as last measured.
+    pub skew_ms: Option<i64>,
+    pub quarantined: i64,
 }
 
 fn rows_to_vec<T>(rows: impl Iterator<Item = rusqlite::Result<T>>) -> Result<Vec<T>, StoreError> {
@@ -429,6 +437,7 @@ impl Store {
             Ok(self.conn.query_row("SELECT count(*) FROM conflicts WHERE status = ?1", [status], |r| r.get(0))?)
         };
         let alerts = self.alerts()?;
+        let last_error = self.meta_get("last_error")?.filter(|e| !e.is_empty());
         let id = &self.identity;
         Ok(Status {
             device_id: id.device_id,
@@ -447,6 +456,12 @@ impl Store {
             over_refunded: alerts.over_refunded.len() as i64,
             schema_version: crate::migrate::SCHEMA_VERSION,
             hlc: self.clock.last().0,
+            hub_status: hub_status(&self.meta_get("hub_url")?, &self.meta_get("hub_status")?, &last_error),
+            hub_url: self.meta_get("hub_url")?,
+            last_sync_ms: self.meta_get("last_sync_ms")?.and_then(|v| v.parse().ok()),
+            last_error,
+            skew_ms: self.meta_get("skew_ms")?.and_then(|v| v.parse().ok()),
+            quarantined: self.conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?,
         })
     }
 
@@ -459,6 +474,15 @@ impl Store {
     /// A record row's materialised state: (live, fields).
     pub fn record_state(&self, table: &str, row: Uuid) -> Result<Option<(bool, Value)>, StoreError> {
         self.record(table, row)
+    }
+}
+
+fn hub_status(url: &Option<String>, status: &Option<String>, last_error: &Option<String>) -> String {
+    match (url, status.as_deref(), last_error) {
+        (None, _, _) => "standalone".into(),
+        (_, Some("revoked"), _) => "revoked".into(),
+        (_, _, Some(_)) => "error".into(),
+        _ => "ok".into(),
     }
 }
 
