@@ -26,11 +26,18 @@ pub struct Data {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Make a sample till, sell, refund and report: a tour in one command.
+    /// Start a hub with a sample tenant and two tills, all syncing, in a
+    /// local folder; prints where each part is. Ctrl-C stops it.
     Demo {
-        /// Folder for the demo's till (default: ./tillsync-demo).
+        /// Folder for the demo (default: ./tillsync-demo; an earlier demo there is replaced).
         #[arg(long, default_value = "tillsync-demo")]
         dir: PathBuf,
+        /// A single standalone till instead: sell, split tender, refund, report.
+        #[arg(long)]
+        offline: bool,
+        /// Stop after this many seconds (0: run until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        exit_after: u64,
     },
     /// Create or manage this till.
     #[command(subcommand)]

@@ -8,7 +8,8 @@ use std::path::Path;
 use tillsync_core::domain::{Method, PaymentInput};
 use tillsync_store::SaleRequest;
 
-pub fn run(dir: &Path, j: bool) -> Result<()> {
+/// Makes (or remakes) the demo folder; refuses a folder that is not ours.
+fn fresh_dir(dir: &Path) -> Result<()> {
     let marker = dir.join(".tillsync-demo");
     if marker.exists() {
         // Our own earlier demo: start it afresh.
@@ -18,6 +19,12 @@ pub fn run(dir: &Path, j: bool) -> Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     std::fs::write(&marker, "made by `till demo`; removed by the next demo\n")?;
+    Ok(())
+}
+
+/// The offline tour on one standalone till.
+pub fn run(dir: &Path, j: bool) -> Result<()> {
+    fresh_dir(dir)?;
     let till = dir.join("till-1");
     let mut store = init_offline(&till, Some("demo till"), None, true)?;
     drop(store);
@@ -76,4 +83,143 @@ pub fn run(dir: &Path, j: bool) -> Result<()> {
     println!("  cargo run -q -- report --data {d}");
     println!("Remove the folder {} to start again.", dir.display());
     Ok(())
+}
+
+/// The hub demo: a hub on SQLite with a sample tenant and two tills of one
+/// store, in one process, all syncing; a sale on one till shows on the other.
+pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
+    use std::sync::Arc;
+    use tillsync_hub::{AppState, HubStorage, SqliteHub, app};
+    use tillsync_node::{ClientOptions, enrol_and_bootstrap, sync::client_for, sync_once};
+    fresh_dir(dir)?;
+    crate::hub_cmd::install_crypto();
+    let hub_dir = dir.join("hub");
+    let hub = Arc::new(SqliteHub::open(&hub_dir, crate::node::os_ids())?);
+    let now = now_ms();
+    let (tenant, admin_token) = hub.create_tenant("Demo Cafe", true, now)?;
+    let store = hub.create_store(tenant, "Main Street", now)?;
+    let codes = [
+        hub.create_enrol_code(tenant, store, now, 3_600_000)?.0,
+        hub.create_enrol_code(tenant, store, now, 3_600_000)?.0,
+    ];
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let storage: Arc<dyn HubStorage> = hub.clone();
+        let server = tokio::spawn(async move { axum::serve(listener, app(AppState::new(storage))).await });
+        let opts = ClientOptions::default();
+        let mut tills = Vec::new();
+        for (i, code) in codes.iter().enumerate() {
+            let d = dir.join(format!("till-{}", i + 1));
+            let s =
+                enrol_and_bootstrap(&d, &url, code, &format!("till {}", i + 1), &opts, crate::node::os_ids()).await?;
+            tills.push((d, s));
+        }
+        // A sale on till 1 with split tender, synced, then seen on till 2.
+        let (d1, s1) = &mut tills[0];
+        let sam = s1.find_staff("Sam")?;
+        let card = PaymentInput {
+            method: Method::Card,
+            amount_minor: Some(500),
+            brand: Some("visa".into()),
+            last4: Some("4242".into()),
+        };
+        let cash = PaymentInput { method: Method::Cash, amount_minor: None, brand: None, last4: None };
+        let sale = s1.sell(
+            now_ms(),
+            &SaleRequest {
+                items: vec![("CAPPUCCINO".into(), 2), ("CROISSANT".into(), 1)],
+                payments: vec![card, cash],
+                staff_id: Some(sam),
+                ..Default::default()
+            },
+        )?;
+        let c1 = client_for(d1, s1)?;
+        sync_once(s1, &c1, now_ms).await?;
+        let (d2, s2) = &mut tills[1];
+        let c2 = client_for(d2, s2)?;
+        sync_once(s2, &c2, now_ms).await?;
+        let seen = s2.sale_by_receipt(&sale.receipt).is_ok();
+        let digests: Vec<String> = tills.iter().map(|(_, s)| s.digests().map(|d| d.0)).collect::<Result<_, _>>()?;
+        let hub_digest = hub.store_digest(tenant, store)?;
+        let converged = digests.iter().all(|d| *d == hub_digest);
+        if j {
+            crate::output::json(&json!({"hub": url, "hub_data": hub_dir, "tenant_id": tenant, "store_id": store,
+                "admin_token": admin_token, "tills": tills.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
+                "sale": sale.receipt, "seen_on_till_2": seen, "converged": converged, "state_digest": hub_digest}));
+        } else {
+            println!("Tillsync demo in {}", dir.display());
+            println!("  hub      {url}  (data {}; tenant {tenant})", hub_dir.display());
+            println!("  admin    token {admin_token}");
+            for (d, s) in &tills {
+                println!("  till     {}  receipts {}-...", d.display(), s.identity().receipt_prefix);
+            }
+            println!();
+            println!("Till 1 sold {} ({}); till 2 sees it: {seen}", sale.receipt, s1_total(&sale));
+            println!(
+                "Both tills and the hub hold state digest {}: {}",
+                &hub_digest[..16],
+                if converged { "converged" } else { "NOT converged" }
+            );
+            println!();
+            println!("Both tills now sync in the background (live events + every 5 s). In another terminal:");
+            println!("  cargo run -q -- sale --data {}/till-1 --item LATTE --pay cash", dir.display());
+            println!("  cargo run -q -- sales list --data {}/till-2", dir.display());
+            println!("  cargo run -q -- devices list --hub {url} --token {admin_token}");
+            println!(
+                "{}",
+                if exit_after_s > 0 {
+                    format!("The demo stops by itself after {exit_after_s} s.")
+                } else {
+                    "Ctrl-C stops the demo.".into()
+                }
+            );
+        }
+        let stop = async move {
+            if exit_after_s > 0 {
+                tokio::time::sleep(std::time::Duration::from_secs(exit_after_s)).await;
+            } else {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        };
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut runners = Vec::new();
+        for (d, mut s) in tills {
+            let client = client_for(&d, &s)?;
+            let mut rx = tx.subscribe();
+            runners.push(tokio::spawn(async move {
+                let opts = tillsync_node::run::RunOptions { interval_ms: 5_000, poll_ms: 200 };
+                tillsync_node::run::run(
+                    &mut s,
+                    client,
+                    opts,
+                    now_ms,
+                    async move {
+                        let _ = rx.recv().await;
+                    },
+                    |r| {
+                        if let Err(e) = r {
+                            eprintln!("sync: {e}");
+                        }
+                    },
+                )
+                .await;
+            }));
+        }
+        stop.await;
+        let _ = tx.send(());
+        for r in runners {
+            let _ = r.await;
+        }
+        server.abort();
+        if !j {
+            println!("demo stopped; its files stay in {} (the next demo replaces them)", dir.display());
+        }
+        anyhow::Ok(())
+    })
+}
+
+fn s1_total(sale: &tillsync_store::SaleOutcome) -> String {
+    tillsync_core::money::Currency::parse(&sale.currency).map(|c| c.display(sale.total_minor)).unwrap_or_default()
 }

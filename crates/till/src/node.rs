@@ -147,7 +147,13 @@ fn day_bounds(tz_name: &str, day: Option<&str>) -> Result<(i64, i64, String)> {
 pub fn run(args: Cli) -> Result<()> {
     let j = args.json;
     match args.command {
-        Command::Demo { dir } => crate::demo::run(&dir, j),
+        Command::Demo { dir, offline, exit_after } => {
+            if offline {
+                crate::demo::run(&dir, j)
+            } else {
+                crate::demo::run_hub(&dir, exit_after, j)
+            }
+        }
         Command::Node(NodeCmd::Init { data, offline, sample, name, currency, hub, code, tls }) => {
             if !offline {
                 return match (hub, code) {
