@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS hub_seqs(
     device TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
     PRIMARY KEY(device, lane, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hub_state(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS hub_quarantine(
     device TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL, ops TEXT NOT NULL,
     received_ms INTEGER NOT NULL, PRIMARY KEY(device, lane, seq)
@@ -248,6 +249,46 @@ impl SqliteHub {
             )
             .optional()?
             .ok_or_else(|| HubError::NotFound(format!("store {store} of this tenant")))
+    }
+}
+
+/// The compaction horizon: log positions at or below it are gone.
+fn horizon(conn: &Connection) -> Result<u64, HubError> {
+    Ok(conn
+        .query_row("SELECT value FROM hub_state WHERE key = 'horizon'", [], |r| r.get::<_, String>(0))
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+impl SqliteHub {
+    /// Compacts a tenant's log, keeping the newest `keep_len` entries. The
+    /// merged state keeps every head and tombstone, so a device whose cursor
+    /// falls below the horizon bootstraps again from the snapshot and loses
+    /// nothing. Returns the new horizon.
+    pub fn compact(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError> {
+        let t = self.tenant(tenant)?;
+        let s = t.lock().expect("tenant");
+        let conn = s.connection();
+        let max_pos: i64 = conn.query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
+        let new_horizon = (max_pos as u64).saturating_sub(keep_len).max(horizon(conn)?);
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let r = (|| -> Result<(), HubError> {
+            conn.execute("DELETE FROM hub_log WHERE pos <= ?1", [new_horizon as i64])?;
+            conn.execute(
+                "INSERT INTO hub_state(key, value) VALUES ('horizon', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [new_horizon.to_string()],
+            )?;
+            Ok(())
+        })();
+        match r {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        Ok(new_horizon)
     }
 }
 
@@ -610,6 +651,15 @@ impl HubStorage for SqliteHub {
         // SQLite has one writer and positions are assigned inside its
         // transaction, so every position up to the highest one is committed:
         // pulling by position never skips a change.
+        let horizon = horizon(conn)?;
+        if after < horizon {
+            return Err(HubError::bad(
+                "cursor_expired",
+                format!(
+                    "the hub compacted its log up to {horizon}: bootstrap again from /v1/snapshot (your outbox is kept)"
+                ),
+            ));
+        }
         let max_pos: i64 = conn.query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
         let mut st = conn.prepare_cached(
             "SELECT pos, device, ops FROM hub_log WHERE pos > ?1 AND (store IS NULL OR store = ?2) AND device != ?3 ORDER BY pos LIMIT ?4",
@@ -636,8 +686,13 @@ impl HubStorage for SqliteHub {
         let t = self.tenant(dev.tenant_id)?;
         let store = t.lock().expect("tenant");
         // The lock keeps writers out, so the cursor and the state match.
-        let cursor: i64 =
-            store.connection().query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
+        // The highest position ever assigned (AUTOINCREMENT keeps it even
+        // when compaction emptied the log).
+        let cursor: i64 = store.connection().query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'hub_log'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
         let ops = store.snapshot_ops(Some(dev.store_id))?;
         Ok(Snapshot { cursor: cursor as u64, ops: ops.iter().map(WireOp::from).collect() })
     }

@@ -57,6 +57,8 @@ pub struct SyncReport {
     pub skew_ms: i64,
     /// Lane errors that did not stop the other lanes.
     pub lane_errors: Vec<String>,
+    /// The pull cursor was older than the hub's horizon: bootstrapped again.
+    pub rebootstrapped: bool,
 }
 
 /// Changes sent per push request.
@@ -144,6 +146,13 @@ pub async fn enrol_and_bootstrap(
         store.set_meta("hub_insecure", "true")?;
     }
     let client = HubClient::new(url, Some(e.token), opts)?;
+    bootstrap(&mut store, &client).await?;
+    Ok(store)
+}
+
+/// Merges the hub's snapshot of this till's scope into the store and moves
+/// the pull cursor to the snapshot's, in one transaction.
+pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), SyncError> {
     let snap = client.snapshot().await?;
     let ops: Vec<Op> = snap
         .ops
@@ -152,7 +161,7 @@ pub async fn enrol_and_bootstrap(
         .collect::<Result<_, _>>()
         .map_err(|e| SyncError::Network(format!("the hub's snapshot is malformed: {e}")))?;
     store.apply_pulled(&ops, snap.cursor)?;
-    Ok(store)
+    Ok(())
 }
 
 /// One sync round: push every lane (sales first), then pull every page.
@@ -242,7 +251,17 @@ async fn round(
     // Pull every page; each page is applied with its cursor in one transaction.
     for _ in 0..PULL_PAGES_MAX {
         let cursor = store.pull_cursor()?;
-        let page = client.pull(cursor, PULL_PAGE_LEN).await?;
+        let page = match client.pull(cursor, PULL_PAGE_LEN).await {
+            Ok(p) => p,
+            Err(SyncError::Hub { code, .. }) if code == "cursor_expired" => {
+                // The outbox was pushed above; the snapshot merges into this
+                // till and leaves its outbox alone.
+                bootstrap(store, client).await?;
+                report.rebootstrapped = true;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut ops: Vec<Op> = Vec::new();
         for e in &page.entries {
             for w in &e.ops {

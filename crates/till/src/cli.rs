@@ -272,6 +272,17 @@ pub enum HubCmd {
         #[arg(long)]
         changes: u64,
     },
+    /// Compact a tenant's change log, keeping the newest entries; tills
+    /// behind the horizon bootstrap again (heads and tombstones are kept).
+    Compact {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        /// Log entries to keep.
+        #[arg(long, default_value_t = 100_000)]
+        keep: u64,
+    },
     /// The hub's state digest of a store (compare with `till status`).
     Digest {
         #[command(flatten)]

@@ -89,6 +89,15 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             }
             Ok(())
         }
+        HubCmd::Compact { data, tenant, keep } => {
+            let h = hub(&data.data)?.compact(uuid(&tenant, "tenant")?, keep)?;
+            if j {
+                output::json(&json!({"horizon": h}))
+            } else {
+                println!("log compacted up to position {h}")
+            }
+            Ok(())
+        }
         HubCmd::Digest { data, tenant, store } => {
             let d = hub(&data.data)?.store_digest(uuid(&tenant, "tenant")?, uuid(&store, "store")?)?;
             if j {

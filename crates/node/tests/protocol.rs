@@ -1,0 +1,170 @@
+//! Protocol behaviour over real HTTP on loopback: compaction and
+//! re-bootstrap that keeps the outbox, a restored hub that gets changes
+//! again, and idempotent retries.
+
+use std::path::Path;
+use std::sync::Arc;
+use tillsync_core::domain::{Method, PaymentInput};
+use tillsync_core::{IdGen, Lane};
+use tillsync_hub::{AppState, HubStorage, SqliteHub, app};
+use tillsync_node::sync::client_for;
+use tillsync_node::{ClientOptions, enrol_and_bootstrap, sync_once};
+use tillsync_store::{ProductFields, SaleRequest, Store};
+use uuid::Uuid;
+
+struct Hub {
+    hub: Arc<SqliteHub>,
+    url: String,
+    tenant: Uuid,
+    store: Uuid,
+    server: tokio::task::JoinHandle<()>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+async fn serve(hub: Arc<SqliteHub>, port: u16) -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let storage: Arc<dyn HubStorage> = hub;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app(AppState::new(storage))).await.unwrap();
+    });
+    (url, server)
+}
+
+async fn start(dir: &Path) -> Hub {
+    let hub = Arc::new(SqliteHub::open(dir, IdGen::from_u64(1)).unwrap());
+    let (tenant, _) = hub.create_tenant("t", true, now()).unwrap();
+    let store = hub.create_store(tenant, "s", now()).unwrap();
+    let (url, server) = serve(hub.clone(), 0).await;
+    Hub { hub, url, tenant, store, server }
+}
+
+async fn till(h: &Hub, dir: &Path, n: u64) -> Store {
+    let (code, _) = h.hub.create_enrol_code(h.tenant, h.store, now(), 60_000).unwrap();
+    enrol_and_bootstrap(dir, &h.url, &code, &format!("till {n}"), &ClientOptions::default(), IdGen::from_u64(100 + n))
+        .await
+        .unwrap()
+}
+
+async fn sync(dir: &Path, s: &mut Store) -> tillsync_node::SyncReport {
+    let c = client_for(dir, s).unwrap();
+    sync_once(s, &c, now).await.unwrap()
+}
+
+fn sell(s: &mut Store) -> String {
+    let cash = PaymentInput { method: Method::Cash, amount_minor: None, brand: None, last4: None };
+    s.sell(now(), &SaleRequest { items: vec![("ESPRESSO".into(), 1)], payments: vec![cash], ..Default::default() })
+        .unwrap()
+        .receipt
+}
+
+#[tokio::test]
+async fn a_cursor_behind_the_horizon_rebootstraps_and_keeps_the_outbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(&tmp.path().join("hub")).await;
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut a = till(&h, &da, 1).await;
+    let mut b = till(&h, &db, 2).await;
+    // B works offline meanwhile: a sale and a price change wait in its outbox.
+    let b_receipt = sell(&mut b);
+    b.update_product(now(), "LATTE", &ProductFields { price_minor: Some(410), ..Default::default() }).unwrap();
+    for _ in 0..5 {
+        sell(&mut a);
+    }
+    sync(&da, &mut a).await;
+    let horizon = h.hub.compact(h.tenant, 0).unwrap();
+    assert!(horizon > b.pull_cursor().unwrap(), "B is behind the horizon");
+    let r = sync(&db, &mut b).await;
+    assert!(r.rebootstrapped);
+    assert_eq!(b.pending().unwrap().values().sum::<i64>(), 0, "B's outbox was pushed, none lost");
+    assert_eq!(b.sales_count().unwrap(), 6);
+    sync(&da, &mut a).await;
+    assert!(a.sale_by_receipt(&b_receipt).is_ok());
+    assert_eq!(a.product("LATTE").unwrap().price_minor, 410);
+    let hub_digest = h.hub.store_digest(h.tenant, h.store).unwrap();
+    assert_eq!(a.digests().unwrap().0, hub_digest);
+    assert_eq!(b.digests().unwrap().0, hub_digest);
+    h.server.abort();
+}
+
+#[tokio::test]
+async fn a_restored_hub_gets_the_changes_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let h = start(&hub_dir).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    sell(&mut a);
+    sync(&da, &mut a).await;
+    // Back up the hub here (its files, with everything committed).
+    let backup = tmp.path().join("hub-backup");
+    copy_dir(&hub_dir, &backup);
+    let later: Vec<String> = (0..3).map(|_| sell(&mut a)).collect();
+    sync(&da, &mut a).await;
+    assert_eq!(a.acked(Lane::Sales).unwrap(), 4);
+    // The hub is lost and restored from the backup, on the same address.
+    let port: u16 = h.url.rsplit(':').next().unwrap().parse().unwrap();
+    h.server.abort();
+    let _ = h.server.await;
+    drop(h.hub);
+    std::fs::remove_dir_all(&hub_dir).unwrap();
+    copy_dir(&backup, &hub_dir);
+    let hub = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
+    let (_, server) = serve(hub.clone(), port).await;
+    // A new sale: the restored hub expects sequence 2, so the till resends 2..5.
+    let newest = sell(&mut a);
+    sync(&da, &mut a).await;
+    sync(&da, &mut a).await;
+    assert_eq!(a.acked(Lane::Sales).unwrap(), 5);
+    assert_eq!(a.digests().unwrap().0, hub.store_digest(h.tenant, h.store).unwrap());
+    // A fresh till sees every sale exactly once.
+    let h2 =
+        Hub { hub: hub.clone(), url: format!("http://127.0.0.1:{port}"), tenant: h.tenant, store: h.store, server };
+    let dc = tmp.path().join("c");
+    let c = till(&h2, &dc, 3).await;
+    assert_eq!(c.sales_count().unwrap(), 5);
+    for r in later.iter().chain([&newest]) {
+        assert!(c.sale_by_receipt(r).is_ok(), "{r} reached the restored hub");
+    }
+    h2.server.abort();
+}
+
+#[tokio::test]
+async fn a_lost_acknowledgement_is_retried_without_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(&tmp.path().join("hub")).await;
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut a = till(&h, &da, 1).await;
+    let mut b = till(&h, &db, 2).await;
+    for _ in 0..3 {
+        sell(&mut a);
+    }
+    sync(&da, &mut a).await;
+    let changes = h.hub.usage(h.tenant).unwrap().changes;
+    // The hub committed but the till never heard: it sends the same changes again.
+    a.set_acked(Lane::Sales, 0).unwrap();
+    let r = sync(&da, &mut a).await;
+    assert_eq!(r.pushed, 3);
+    assert_eq!(a.acked(Lane::Sales).unwrap(), 3);
+    assert_eq!(h.hub.usage(h.tenant).unwrap().changes, changes, "nothing stored twice");
+    sync(&db, &mut b).await;
+    assert_eq!(b.sales_count().unwrap(), 3);
+    assert_eq!(a.digests().unwrap().0, b.digests().unwrap().0);
+    h.server.abort();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &p);
+        } else {
+            std::fs::copy(e.path(), p).unwrap();
+        }
+    }
+}
