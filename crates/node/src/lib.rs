@@ -3,6 +3,7 @@
 //! bootstrap, and the background driver of `till node run`. The protocol's
 //! decisions are the core's; this crate only moves bytes and timers.
 
+pub mod attach;
 pub mod client;
 pub mod run;
 pub mod sync;

@@ -168,3 +168,32 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_quota_holds_back_the_catalogue_but_never_sales() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(&tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    h.hub.set_quota(h.tenant, 1).unwrap();
+    for p in [400, 410, 420] {
+        a.update_product(now(), "LATTE", &ProductFields { price_minor: Some(p), ..Default::default() }).unwrap();
+    }
+    let receipt = sell(&mut a);
+    let r = sync(&da, &mut a).await;
+    assert_eq!(r.lane_errors.len(), 1, "{:?}", r.lane_errors);
+    assert!(r.lane_errors[0].contains("quota"), "{:?}", r.lane_errors);
+    let pending = a.pending().unwrap();
+    assert_eq!(pending["sales"], 0, "the sale went through");
+    assert_eq!(pending["catalog"], 2, "one catalogue change fit the quota, two wait");
+    assert!(a.status().unwrap().last_error.is_none());
+    // Raising the quota lets the rest through; nothing was lost meanwhile.
+    h.hub.set_quota(h.tenant, 0).unwrap();
+    sync(&da, &mut a).await;
+    assert_eq!(a.pending().unwrap().values().sum::<i64>(), 0);
+    let db = tmp.path().join("b");
+    let b = till(&h, &db, 2).await;
+    assert_eq!(b.product("LATTE").unwrap().price_minor, 420);
+    assert!(b.sale_by_receipt(&receipt).is_ok());
+    h.server.abort();
+}

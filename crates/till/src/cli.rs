@@ -185,6 +185,19 @@ pub enum NodeCmd {
         #[command(flatten)]
         tls: TlsArgs,
     },
+    /// Join a hub with a standalone till, keeping its history.
+    Attach {
+        #[command(flatten)]
+        data: Data,
+        /// The hub's URL.
+        #[arg(long)]
+        hub: String,
+        /// One-time enrolment code from `till hub enrol`.
+        #[arg(long)]
+        code: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
     /// Run the till's background sync (and, later, its UI) until stopped.
     Run {
         #[command(flatten)]

@@ -357,6 +357,9 @@ pub fn run(args: Cli) -> Result<()> {
             Ok(())
         }
         Command::SellLoop { data, count } => sell_loop(&data.data, count),
+        Command::Node(NodeCmd::Attach { data, hub, code, tls }) => {
+            crate::sync_cmd::attach(&data.data, &hub, &code, &tls, j)
+        }
         Command::Node(NodeCmd::Run { data, interval, exit_after }) => {
             crate::sync_cmd::run(&data.data, interval, exit_after, j)
         }

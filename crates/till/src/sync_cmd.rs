@@ -37,6 +37,31 @@ pub fn init_hub(dir: &Path, url: &str, code: &str, name: Option<&str>, tls: &Tls
     Ok(())
 }
 
+pub fn attach(dir: &Path, url: &str, code: &str, tls: &TlsArgs, j: bool) -> Result<()> {
+    let rt = runtime()?;
+    let report = rt.block_on(tillsync_node::attach::attach(dir, url, code, &options(tls), os_ids(), now_ms))?;
+    // Push the history now; a failure here is retried by the next sync.
+    let mut store = open(dir)?;
+    let client = client_for(dir, &store)?;
+    let synced = rt.block_on(sync_once(&mut store, &client, now_ms));
+    if j {
+        output::json(&json!({"device_id": report.device_id, "receipt_prefix": report.receipt_prefix,
+            "records_created": report.records_created, "ledger_rows": report.ledger_rows, "old_data": report.old_data,
+            "pushed": synced.as_ref().map(|r| r.pushed).unwrap_or(0), "sync_error": synced.as_ref().err().map(|e| e.to_string())}));
+    } else {
+        println!(
+            "attached to {url} as device {} (receipts {}-...): {} records and {} ledger rows carried over",
+            report.device_id, report.receipt_prefix, report.records_created, report.ledger_rows
+        );
+        println!("the standalone folder is kept in {}", report.old_data.display());
+        match synced {
+            Ok(r) => println!("pushed {} changes", r.pushed),
+            Err(e) => println!("not pushed yet ({e}); `till sync` or `till node run` will retry"),
+        }
+    }
+    Ok(())
+}
+
 pub fn sync(dir: &Path, j: bool) -> Result<()> {
     let mut store = open(dir)?;
     let client = client_for(dir, &store)?;
