@@ -105,6 +105,8 @@ pub struct Status {
     pub last_error: Option<String>,
     /// This till's clock minus the hub's, as last measured.
     pub skew_ms: Option<i64>,
+    /// Set when the till's clock is far from the hub's.
+    pub clock_warning: Option<String>,
     pub quarantined: i64,
 }
 
@@ -438,6 +440,7 @@ impl Store {
         };
         let alerts = self.alerts()?;
         let last_error = self.meta_get("last_error")?.filter(|e| !e.is_empty());
+        let skew_ms: Option<i64> = self.meta_get("skew_ms")?.and_then(|v| v.parse().ok());
         let id = &self.identity;
         Ok(Status {
             device_id: id.device_id,
@@ -460,7 +463,14 @@ impl Store {
             hub_url: self.meta_get("hub_url")?,
             last_sync_ms: self.meta_get("last_sync_ms")?.and_then(|v| v.parse().ok()),
             last_error,
-            skew_ms: self.meta_get("skew_ms")?.and_then(|v| v.parse().ok()),
+            skew_ms,
+            clock_warning: skew_ms.filter(|s| s.abs() > CLOCK_SKEW_WARN_MS).map(|s| {
+                format!(
+                    "this till's clock is {} s {} the hub's: set the date and time (or enable network time)",
+                    s.abs() / 1_000,
+                    if s > 0 { "ahead of" } else { "behind" }
+                )
+            }),
             quarantined: self.conn.query_row("SELECT count(*) FROM quarantine", [], |r| r.get(0))?,
         })
     }
@@ -476,6 +486,9 @@ impl Store {
         self.record(table, row)
     }
 }
+
+/// A clock further than this from the hub's is warned about, in ms.
+pub const CLOCK_SKEW_WARN_MS: i64 = 120_000;
 
 fn hub_status(url: &Option<String>, status: &Option<String>, last_error: &Option<String>) -> String {
     match (url, status.as_deref(), last_error) {
