@@ -197,3 +197,25 @@ async fn a_quota_holds_back_the_catalogue_but_never_sales() {
     assert!(b.sale_by_receipt(&receipt).is_ok());
     h.server.abort();
 }
+
+#[tokio::test]
+async fn a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(&tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    sell(&mut a);
+    let c = client_for(&da, &a).unwrap();
+    // The till's wall clock is ten minutes ahead of the hub's.
+    let r = sync_once(&mut a, &c, || now() + 600_000).await.unwrap();
+    assert!(r.skew_ms > 590_000 && r.skew_ms < 610_000, "{}", r.skew_ms);
+    let st = a.status().unwrap();
+    assert!(st.clock_warning.as_deref().is_some_and(|w| w.contains("ahead")), "{:?}", st.clock_warning);
+    let devices = h.hub.devices(h.tenant).unwrap();
+    let skew = devices.iter().find(|d| d.device_id == a.identity().device_id).unwrap().skew_ms.unwrap();
+    assert!(skew > 590_000, "the hub reports the skew too: {skew}");
+    // Back in time: no warning.
+    sync_once(&mut a, &c, now).await.unwrap();
+    assert!(a.status().unwrap().clock_warning.is_none());
+    h.server.abort();
+}
