@@ -271,6 +271,10 @@ async fn round(
             }
         }
         report.pulled += page.entries.len() as u64;
+        // Every answer carries the hub's clock: skew is measured even when
+        // nothing was pushed.
+        report.skew_ms = now_ms() as i64 - page.hub_time_ms as i64;
+        store.set_meta("skew_ms", &report.skew_ms.to_string())?;
         if page.cursor != cursor || !ops.is_empty() {
             store.apply_pulled(&ops, page.cursor)?;
         }
