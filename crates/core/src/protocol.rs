@@ -34,7 +34,7 @@ pub fn decide_push(log: &dyn LaneLog, seq: u64, digest: &str) -> PushDecision {
                 code: "sequence_reused".into(),
                 message: format!(
                     "sequence {seq} already holds a different change: this till's data folder looks copied from another till; \
-                     restore it with `till backup restore --code CODE` or re-enrol it as a new device"
+                     keep it offline and enrol it again as a new device (`till node init --data NEWDIR --hub URL --code CODE`)"
                 ),
                 expected: Some(next),
             }),
@@ -56,6 +56,14 @@ pub fn decide_push(log: &dyn LaneLog, seq: u64, digest: &str) -> PushDecision {
 // carries `acked_through` (the hub's highest stored sequence), and the node
 // sets its acknowledged sequence to exactly that. A restored hub answers
 // with a lower one, so the node resends from there.
+
+/// Delay before retry number `attempt` (0-based): exponential backoff with
+/// full jitter and a cap. `random` is a uniform draw supplied by the caller
+/// (the core draws no randomness itself).
+pub fn backoff_ms(attempt: u32, base_ms: u64, cap_ms: u64, random: u64) -> u64 {
+    let ceiling = base_ms.saturating_mul(1u64 << attempt.min(30)).min(cap_ms).max(1);
+    random % (ceiling + 1)
+}
 
 #[cfg(test)]
 mod tests {
@@ -79,5 +87,23 @@ mod tests {
         assert_eq!(decide_push(&log, 2, "b"), PushDecision::Duplicate);
         assert!(matches!(decide_push(&log, 2, "x"), PushDecision::Refuse(e) if e.code == "sequence_reused"));
         assert!(matches!(decide_push(&log, 5, "x"), PushDecision::Refuse(e) if e.expected == Some(3)));
+    }
+
+    #[test]
+    fn backoff_is_jittered_bounded_and_capped() {
+        for attempt in 0..40 {
+            let ceiling = (500u64 << attempt.min(30)).min(60_000);
+            for r in [0, 1, 499, 12_345, u64::MAX] {
+                let d = backoff_ms(attempt, 500, 60_000, r);
+                assert!(d <= ceiling, "attempt {attempt}: {d} > {ceiling}");
+            }
+        }
+        assert_eq!(backoff_ms(0, 500, 60_000, 0), 0);
+        assert_eq!(backoff_ms(3, 500, 60_000, 4_000), 4_000);
+        assert_eq!(backoff_ms(20, 500, 60_000, 60_000), 60_000);
+        // Full jitter: draws spread over the whole range.
+        let draws: std::collections::BTreeSet<u64> =
+            (0..100u64).map(|r| backoff_ms(5, 500, 60_000, r * 997) / 1_000).collect();
+        assert!(draws.len() > 10);
     }
 }

@@ -573,6 +573,7 @@ impl HubStorage for SqliteHub {
             for (lane, mut changes) in by_lane {
                 changes.sort_by_key(|c| c.seq);
                 let mut ack = LaneAck::default();
+                let mut refused_at: Option<u64> = None;
                 let quota_lane = matches!(lane, Lane::Catalog | Lane::Telemetry);
                 for wc in changes {
                     let decision = decide_push(&SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }, wc.seq, &wc.digest);
@@ -580,6 +581,7 @@ impl HubStorage for SqliteHub {
                         PushDecision::Duplicate => {}
                         PushDecision::Refuse(e) => {
                             ack.error = Some(e);
+                            refused_at = Some(wc.seq);
                             break;
                         }
                         PushDecision::Store => {
@@ -590,6 +592,7 @@ impl HubStorage for SqliteHub {
                                     |r| r.get(0),
                                 )?;
                                 if used >= quota {
+                                    refused_at = Some(wc.seq);
                                     ack.error = Some(ErrorBody {
                                         code: "quota_exceeded".into(),
                                         message: format!("the tenant's quota of {quota} catalogue and telemetry changes is used up: raise it or compact; sales are not affected"),
@@ -628,7 +631,14 @@ impl HubStorage for SqliteHub {
                         }
                     }
                 }
-                ack.acked_through = SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }.next_seq() - 1;
+                let stored_through =
+                    SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }.next_seq() - 1;
+                // A refused change is not acknowledged, even if the hub holds
+                // another change under its sequence (a cloned folder).
+                ack.acked_through = match refused_at {
+                    Some(seq) => stored_through.min(seq.saturating_sub(1)),
+                    None => stored_through,
+                };
                 lanes.insert(lane, ack);
             }
             Ok(lanes)

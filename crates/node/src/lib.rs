@@ -5,6 +5,7 @@
 
 pub mod attach;
 pub mod client;
+pub mod config;
 pub mod run;
 pub mod sync;
 

@@ -175,10 +175,9 @@ pub async fn sync_once(
     match &result {
         Ok(()) => {
             store.set_meta("last_sync_ms", &now_ms().to_string())?;
-            store.set_meta("last_error", "")?;
-            if report.lane_errors.is_empty() {
-                store.set_meta("hub_status", "ok")?;
-            }
+            // A held-back lane stays visible until a round clears it.
+            store.set_meta("last_error", &report.lane_errors.join("; "))?;
+            store.set_meta("hub_status", "ok")?;
         }
         Err(e) => {
             store.set_meta("last_error", &e.to_string())?;

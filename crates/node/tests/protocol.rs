@@ -186,11 +186,14 @@ async fn a_quota_holds_back_the_catalogue_but_never_sales() {
     let pending = a.pending().unwrap();
     assert_eq!(pending["sales"], 0, "the sale went through");
     assert_eq!(pending["catalog"], 2, "one catalogue change fit the quota, two wait");
-    assert!(a.status().unwrap().last_error.is_none());
+    let st = a.status().unwrap();
+    assert!(st.last_error.as_deref().is_some_and(|e| e.contains("quota")), "the held-back lane is visible");
+    assert_eq!(st.hub_status, "error");
     // Raising the quota lets the rest through; nothing was lost meanwhile.
     h.hub.set_quota(h.tenant, 0).unwrap();
     sync(&da, &mut a).await;
     assert_eq!(a.pending().unwrap().values().sum::<i64>(), 0);
+    assert_eq!(a.status().unwrap().hub_status, "ok");
     let db = tmp.path().join("b");
     let b = till(&h, &db, 2).await;
     assert_eq!(b.product("LATTE").unwrap().price_minor, 420);

@@ -65,14 +65,21 @@ pub fn attach(dir: &Path, url: &str, code: &str, tls: &TlsArgs, j: bool) -> Resu
 pub fn sync(dir: &Path, j: bool) -> Result<()> {
     let mut store = open(dir)?;
     let client = client_for(dir, &store)?;
-    let report = runtime()?.block_on(sync_once(&mut store, &client, now_ms))?;
+    let report = runtime()?.block_on(sync_once(&mut store, &client, now_ms)).map_err(|e| {
+        if matches!(e, tillsync_node::SyncError::Network(_)) {
+            anyhow!("{e}; the till keeps selling and its changes wait in the outbox until the hub is reachable")
+        } else {
+            e.into()
+        }
+    })?;
     if j {
         output::json(&report);
     } else {
         println!("pushed {}, pulled {}, open conflicts {}", report.pushed, report.pulled, report.conflicts);
-        for e in &report.lane_errors {
-            println!("lane held back: {e}");
-        }
+    }
+    // Everything else was synced; a held-back lane still fails the command.
+    if !report.lane_errors.is_empty() {
+        anyhow::bail!("lane held back: {}", report.lane_errors.join("; "));
     }
     Ok(())
 }
