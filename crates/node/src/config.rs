@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "till.toml";
 
 /// Device settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub sync: SyncConfig,
@@ -67,12 +67,6 @@ impl Default for SyncConfig {
 impl Default for NetworkConfig {
     fn default() -> Self {
         NetworkConfig { metered: "auto".into(), metered_lanes: vec!["sales".into(), "stock".into()] }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { sync: SyncConfig::default(), network: NetworkConfig::default() }
     }
 }
 
