@@ -160,6 +160,9 @@ pub struct PullResponse {
     pub cursor: u64,
     /// More entries are waiting.
     pub more: bool,
+    /// About how many entries wait after `cursor` (for progress), when `more`.
+    #[serde(default)]
+    pub remaining: u64,
     pub hub_time_ms: u64,
 }
 

@@ -180,6 +180,7 @@ pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         .add(Method::GET, "/v1/pull", Access::Device, get(pull))
         .add(Method::GET, "/v1/snapshot", Access::Device, get(snapshot))
         .add(Method::GET, "/v1/events", Access::Device, get(events))
+        .add(Method::GET, "/v1/digest", Access::Device, get(device_digest))
         .add(Method::GET, "/v1/devices", Access::Admin, get(devices))
         .add(Method::POST, "/v1/devices/{id}/revoke", Access::Admin, post(revoke))
         .add(Method::GET, "/v1/usage", Access::Admin, get(usage))
@@ -272,6 +273,11 @@ async fn events(
         })
         .map(|e| Ok(SseEvent::default().event("change").data(serde_json::to_string(&e).unwrap_or_default())));
     Ok(Sse::new(hello.chain(live)).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+async fn device_digest(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
+    let d = blocking(move || st.storage.store_digest(dev.tenant_id, dev.store_id)).await?;
+    Ok(Json(serde_json::json!({"store_id": dev.store_id, "state_digest": d})).into_response())
 }
 
 async fn devices(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {

@@ -689,7 +689,10 @@ impl HubStorage for SqliteHub {
         }
         let more = entries.len() == limit;
         let cursor = if more { entries.last().map_or(after, |e| e.pos) } else { (max_pos as u64).max(after) };
-        Ok(PullResponse { entries, cursor, more, hub_time_ms: now_ms })
+        // An upper bound (other stores' entries are counted too): cheap, and
+        // enough for a progress bar.
+        let remaining = if more { (max_pos as u64).saturating_sub(cursor) } else { 0 };
+        Ok(PullResponse { entries, cursor, more, remaining, hub_time_ms: now_ms })
     }
 
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {

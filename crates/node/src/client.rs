@@ -173,6 +173,15 @@ impl HubClient {
         self.send(self.request(reqwest::Method::GET, "/v1/snapshot")).await
     }
 
+    /// The hub's state digest of this device's store.
+    pub async fn digest(&self) -> Result<String, SyncError> {
+        let v: serde_json::Value = self.send(self.request(reqwest::Method::GET, "/v1/digest")).await?;
+        v["state_digest"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| SyncError::Network("the hub sent no digest".into()))
+    }
+
     /// Devices of the tenant (admin token).
     pub async fn devices(&self) -> Result<Vec<DeviceInfo>, SyncError> {
         self.send(self.request(reqwest::Method::GET, "/v1/devices")).await

@@ -3,11 +3,14 @@
 //! bootstrap, and the background driver of `till node run`. The protocol's
 //! decisions are the core's; this crate only moves bytes and timers.
 
+pub mod api;
 pub mod attach;
 pub mod client;
 pub mod config;
+pub mod net;
 pub mod run;
+pub mod status;
 pub mod sync;
 
 pub use client::{ClientOptions, HubClient};
-pub use sync::{SyncError, SyncReport, enrol_and_bootstrap, sync_once};
+pub use sync::{SyncError, SyncOptions, SyncReport, enrol_and_bootstrap, sync_once, sync_with};

@@ -1,77 +1,185 @@
-//! The background driver of `till node run`: syncs on a timer, soon after
-//! local writes, and at once on live events from the hub, and keeps going
-//! (the till keeps selling) while the hub is down.
+//! The background driver of `till node run`. It syncs:
+//! - soon after a local write (debounced),
+//! - at once when the hub becomes reachable again (reachability is probed
+//!   on its own short schedule, independent of the backoff),
+//! - at once on a live event from the hub,
+//! - on a timer, when auto-sync is on,
+//! - when asked (`POST /api/sync`).
+//!
+//! After a failed round it waits with exponential backoff and full jitter,
+//! capped; past the retry limit the till shows `error` and retries go on at
+//! the cap. Nothing is ever dropped: the outbox stays until acknowledged.
 
 use crate::client::HubClient;
-use crate::sync::{SyncReport, sync_once};
+use crate::config::Config;
+use crate::sync::{SyncOptions, SyncReport, sync_with};
 use std::time::Duration;
+use tillsync_core::IdGen;
+use tillsync_core::protocol::backoff_ms;
 use tillsync_store::Store;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
-/// Timing of the driver.
-#[derive(Clone, Debug)]
-pub struct RunOptions {
-    pub interval_ms: u64,
-    /// How often local writes are looked for.
-    pub poll_ms: u64,
+/// Why a round runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Timer,
+    LocalWrite,
+    LiveEvent,
+    Reachable,
+    Asked,
+    Retry,
 }
 
-impl Default for RunOptions {
-    fn default() -> Self {
-        RunOptions { interval_ms: 10_000, poll_ms: 250 }
-    }
-}
-
-/// Runs until `stop` resolves. `on_round` sees every round's outcome.
+/// Runs until `stop` resolves. `asked` carries "sync now" requests;
+/// `on_round` sees every round's outcome.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     store: &mut Store,
     client: HubClient,
-    opts: RunOptions,
+    config: Config,
     now_ms: impl Fn() -> u64 + Clone,
     stop: impl std::future::Future<Output = ()>,
-    mut on_round: impl FnMut(&Result<SyncReport, crate::SyncError>),
+    mut asked: mpsc::Receiver<()>,
+    mut on_round: impl FnMut(Trigger, &Result<SyncReport, crate::SyncError>),
 ) {
-    let (tx, mut rx) = mpsc::channel::<()>(16);
+    let (tx, mut events) = mpsc::channel::<()>(16);
     let listener = client.clone();
     // Live events: reconnect with a capped delay whenever the stream drops.
-    let events = tokio::spawn(async move {
+    let sse = tokio::spawn(async move {
         let mut delay = 500u64;
         loop {
             let tx2 = tx.clone();
-            let r = listener
+            if listener
                 .listen(move || {
                     let _ = tx2.try_send(());
                 })
-                .await;
-            if r.is_ok() {
+                .await
+                .is_ok()
+            {
                 delay = 500;
             }
             tokio::time::sleep(Duration::from_millis(delay)).await;
             delay = (delay * 2).min(30_000);
         }
     });
-    tokio::pin!(stop);
-    let mut interval = tokio::time::interval(Duration::from_millis(opts.interval_ms.max(100)));
-    let mut poll = tokio::time::interval(Duration::from_millis(opts.poll_ms.max(20)));
-    let mut last_pending = i64::MIN;
-    loop {
-        let go = tokio::select! {
-            _ = &mut stop => break,
-            _ = interval.tick() => true,
-            _ = rx.recv() => true,
-            _ = poll.tick() => {
-                // A local write (a sale from the CLI or UI) shows up as pending.
-                let pending = store.pending().map(|p| p.values().sum::<i64>()).unwrap_or(0);
-                let changed = pending != last_pending && pending > 0;
-                last_pending = pending;
-                changed
+    // Reachability probes on their own schedule.
+    let (ptx, mut probes) = mpsc::channel::<bool>(4);
+    let prober = client.clone();
+    let (probe_every, probe_timeout) = (config.sync.probe_interval_ms, config.sync.probe_timeout_ms);
+    let probe = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(probe_every));
+        loop {
+            tick.tick().await;
+            let ok =
+                tokio::time::timeout(Duration::from_millis(probe_timeout), prober.healthy()).await.unwrap_or(false);
+            if ptx.send(ok).await.is_err() {
+                break;
             }
-        };
-        if go {
-            let r = sync_once(store, &client, now_ms.clone()).await;
-            last_pending = store.pending().map(|p| p.values().sum::<i64>()).unwrap_or(0);
-            on_round(&r);
         }
+    });
+    let mut rng = IdGen::from_u64(now_ms() ^ 0x5eed);
+    let _ = store.set_meta("node_running", "1");
+    tokio::pin!(stop);
+    let mut timer = tokio::time::interval(Duration::from_secs(config.sync.interval_s));
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut last_pending = pending(store);
+    let mut write_at: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut failures: u32 = 0;
+    let mut reachable: Option<bool> = None;
+    // A change written while the node was down syncs now, with nothing else written.
+    let mut due: Option<Trigger> = Some(Trigger::Timer);
+    loop {
+        if due.is_none() {
+            let sleep_until = [write_at, retry_at].into_iter().flatten().min();
+            let trigger = tokio::select! {
+                _ = &mut stop => break,
+                _ = timer.tick() => config.sync.auto.then_some(Trigger::Timer),
+                Some(()) = events.recv() => Some(Trigger::LiveEvent),
+                Some(()) = asked.recv() => Some(Trigger::Asked),
+                Some(ok) = probes.recv() => {
+                    let came_back = ok && reachable == Some(false);
+                    if reachable != Some(ok) {
+                        reachable = Some(ok);
+                        let _ = store.set_meta("net_reachable", if ok { "true" } else { "false" });
+                    }
+                    // Back online: sync at once, whatever the backoff said.
+                    came_back.then_some(Trigger::Reachable)
+                }
+                _ = poll.tick() => {
+                    let p = pending(store);
+                    if p > last_pending {
+                        write_at = Some(Instant::now() + Duration::from_millis(config.sync.debounce_ms));
+                    }
+                    last_pending = p;
+                    None
+                }
+                _ = sleep_until_opt(sleep_until) => {
+                    let now = Instant::now();
+                    if write_at.is_some_and(|t| t <= now) {
+                        write_at = None;
+                        Some(Trigger::LocalWrite)
+                    } else if retry_at.is_some_and(|t| t <= now) {
+                        retry_at = None;
+                        Some(Trigger::Retry)
+                    } else {
+                        None
+                    }
+                }
+            };
+            let Some(t) = trigger else { continue };
+            // While backing off, only a reachability change, a live event or
+            // a person asking overrides the wait.
+            if retry_at.is_some() && matches!(t, Trigger::Timer | Trigger::LocalWrite) {
+                continue;
+            }
+            due = Some(t);
+        }
+        let trigger = due.take().expect("due");
+        if !config.sync.auto && trigger != Trigger::Asked {
+            // Auto-sync off: only "sync now" runs a round.
+            continue;
+        }
+        let opts = SyncOptions { metered_lanes: metered_lanes(&config), force: false, full: false };
+        let r = sync_with(store, &client, now_ms.clone(), &opts).await;
+        match &r {
+            Ok(_) => {
+                failures = 0;
+                retry_at = None;
+                reachable = Some(true);
+            }
+            Err(e) if e.is_revoked() => {
+                retry_at = Some(Instant::now() + Duration::from_millis(config.sync.backoff_cap_ms));
+            }
+            Err(_) => {
+                let wait =
+                    backoff_ms(failures, config.sync.backoff_base_ms, config.sync.backoff_cap_ms, rng.next_u64());
+                failures = failures.saturating_add(1);
+                retry_at = Some(Instant::now() + Duration::from_millis(wait));
+            }
+        }
+        last_pending = pending(store);
+        on_round(trigger, &r);
     }
-    events.abort();
+    let _ = store.set_meta("node_running", "0");
+    let _ = store.set_meta("sync_running", "0");
+    sse.abort();
+    probe.abort();
+}
+
+fn pending(store: &Store) -> i64 {
+    store.pending().map(|p| p.values().sum()).unwrap_or(0)
+}
+
+fn metered_lanes(config: &Config) -> Option<Vec<tillsync_core::Lane>> {
+    let view = crate::net::current(&config.network.metered, None);
+    view.metered.then(|| config.network.metered_lanes.iter().filter_map(|l| tillsync_core::Lane::parse(l)).collect())
+}
+
+async fn sleep_until_opt(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }

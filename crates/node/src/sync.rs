@@ -59,6 +59,11 @@ pub struct SyncReport {
     pub lane_errors: Vec<String>,
     /// The pull cursor was older than the hub's horizon: bootstrapped again.
     pub rebootstrapped: bool,
+    /// A large pull waits for an unmetered link (or `--force`).
+    pub deferred_pull: bool,
+    /// With `full`: the hub's digest of this till's store and whether ours matches.
+    pub hub_digest: Option<String>,
+    pub digest_matches: Option<bool>,
 }
 
 /// Changes sent per push request.
@@ -170,19 +175,60 @@ pub async fn sync_once(
     client: &HubClient,
     now_ms: impl Fn() -> u64,
 ) -> Result<SyncReport, SyncError> {
+    sync_with(store, client, now_ms, &SyncOptions::default()).await
+}
+
+/// What a round may do.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    /// On a metered link: only these lanes are pushed, and large pulls wait
+    /// (unless `force`).
+    pub metered_lanes: Option<Vec<Lane>>,
+    /// Pull even on a metered link.
+    pub force: bool,
+    /// Bootstrap again from the snapshot and compare digests with the hub.
+    pub full: bool,
+}
+
+/// Pulls skipped on a metered link above this many waiting entries.
+pub const METERED_PULL_LEN_MAX: u64 = 2_000;
+
+/// One sync round with options; records the round's outcome in the till's
+/// database (state, failures, totals) for `till status`.
+pub async fn sync_with(
+    store: &mut Store,
+    client: &HubClient,
+    now_ms: impl Fn() -> u64,
+    opts: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
-    let result = round(store, client, &now_ms, &mut report).await;
+    store.set_meta("sync_running", "1")?;
+    let result = round(store, client, &now_ms, &mut report, opts).await;
+    store.set_meta("sync_running", "0")?;
+    store.set_meta("progress", "")?;
+    let add = |store: &Store, key: &str, n: u64| -> Result<(), SyncError> {
+        let v: u64 = store.get_meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        store.set_meta(key, &(v + n).to_string())?;
+        Ok(())
+    };
+    add(store, "pushed_total", report.pushed)?;
+    add(store, "pulled_total", report.pulled)?;
     match &result {
         Ok(()) => {
             store.set_meta("last_sync_ms", &now_ms().to_string())?;
             // A held-back lane stays visible until a round clears it.
             store.set_meta("last_error", &report.lane_errors.join("; "))?;
             store.set_meta("hub_status", "ok")?;
+            store.set_meta("net_reachable", "true")?;
+            store.set_meta("failures", "0")?;
         }
         Err(e) => {
             store.set_meta("last_error", &e.to_string())?;
-            if e.is_revoked() {
-                store.set_meta("hub_status", "revoked")?;
+            add(store, "failures", 1)?;
+            match e {
+                SyncError::Network(_) | SyncError::Tls(_) => store.set_meta("net_reachable", "false")?,
+                _ if e.is_revoked() => store.set_meta("hub_status", "revoked")?,
+                _ => {}
             }
         }
     }
@@ -194,13 +240,19 @@ async fn round(
     client: &HubClient,
     now_ms: &impl Fn() -> u64,
     report: &mut SyncReport,
+    opts: &SyncOptions,
 ) -> Result<(), SyncError> {
+    if opts.full {
+        bootstrap(store, client).await?;
+    }
+    let total: i64 = store.pending()?.values().sum();
+    let mut done = 0u64;
     // Push until nothing is pending or a round makes no progress.
     let mut blocked: Vec<Lane> = vec![];
     for _ in 0..10_000 {
         let mut changes: Vec<WireChange> = vec![];
         for lane in Lane::ALL {
-            if blocked.contains(&lane) {
+            if blocked.contains(&lane) || opts.metered_lanes.as_ref().is_some_and(|m| !m.contains(&lane)) {
                 continue;
             }
             let room = PUSH_BATCH_LEN - changes.len();
@@ -215,7 +267,18 @@ async fn round(
             break;
         }
         let sent = changes.len() as u64;
+        let mut bytes: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
+        for c in &changes {
+            *bytes.entry(c.lane).or_default() += serde_json::to_string(&c.ops).map(|j| j.len() as u64).unwrap_or(0);
+        }
         let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes }).await?;
+        for (lane, b) in bytes {
+            let key = format!("bytes_sent_{lane}");
+            let v: u64 = store.get_meta(&key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+            store.set_meta(&key, &(v + b).to_string())?;
+        }
+        done += sent;
+        store.set_meta("progress", &format!("{done}/{}", (total as u64).max(done)))?;
         let mut progress = false;
         for (lane, ack) in &resp.lanes {
             let before = store.acked(*lane)?;
@@ -270,6 +333,10 @@ async fn round(
             }
         }
         report.pulled += page.entries.len() as u64;
+        store.set_meta("progress", &format!("{}/{}", report.pulled, report.pulled + page.remaining))?;
+        if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {
+            report.deferred_pull = true;
+        }
         // Every answer carries the hub's clock: skew is measured even when
         // nothing was pushed.
         report.skew_ms = now_ms() as i64 - page.hub_time_ms as i64;
@@ -277,9 +344,14 @@ async fn round(
         if page.cursor != cursor || !ops.is_empty() {
             store.apply_pulled(&ops, page.cursor)?;
         }
-        if !page.more {
+        if !page.more || report.deferred_pull {
             break;
         }
+    }
+    if opts.full {
+        let d = client.digest().await?;
+        report.digest_matches = Some(store.digests()?.0 == d);
+        report.hub_digest = Some(d);
     }
     report.conflicts =
         store.conflicts()?.iter().filter(|c| c.status != tillsync_core::ConflictStatus::Resolved).count() as u64;

@@ -136,10 +136,21 @@ pub enum Command {
     Sync {
         #[command(flatten)]
         data: Data,
-        /// Also pull large pages on a metered link (reserved; always on now).
+        /// Pull large backlogs even on a metered link.
         #[arg(long)]
         force: bool,
+        /// Re-pull the whole scope from the hub's snapshot and compare digests.
+        #[arg(long)]
+        full: bool,
     },
+    /// The network as this till sees it: links, metered, hub reachability.
+    Network {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Device settings in DIR/till.toml.
+    #[command(subcommand)]
+    Config(ConfigCmd),
     /// Devices of a tenant, seen through the hub (admin token).
     #[command(subcommand)]
     Devices(DevicesCmd),
@@ -202,9 +213,13 @@ pub enum NodeCmd {
     Run {
         #[command(flatten)]
         data: Data,
-        /// Seconds between sync rounds when nothing else triggers one.
-        #[arg(long, default_value_t = 10)]
-        interval: u64,
+        /// Seconds between sync rounds when nothing else triggers one
+        /// (default: `sync.interval_s` from the config).
+        #[arg(long)]
+        interval: Option<u64>,
+        /// Address of the local API and UI (default 127.0.0.1:8441; port 0 picks one).
+        #[arg(long)]
+        ui: Option<String>,
         /// Stop after this many seconds (0: run until Ctrl-C or SIGTERM).
         #[arg(long, default_value_t = 0)]
         exit_after: u64,
@@ -370,6 +385,23 @@ pub enum DevicesCmd {
         admin: AdminArgs,
         /// The device id.
         device: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCmd {
+    /// Print one setting, or all of them without KEY.
+    Get {
+        #[command(flatten)]
+        data: Data,
+        key: Option<String>,
+    },
+    /// Change one setting (validated before it is written).
+    Set {
+        #[command(flatten)]
+        data: Data,
+        key: String,
+        value: String,
     },
 }
 

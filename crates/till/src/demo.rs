@@ -189,16 +189,20 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
             let client = client_for(&d, &s)?;
             let mut rx = tx.subscribe();
             runners.push(tokio::spawn(async move {
-                let opts = tillsync_node::run::RunOptions { interval_ms: 5_000, poll_ms: 200 };
+                let mut config = tillsync_node::config::Config::default();
+                config.sync.interval_s = 5;
+                // The demo's tills have no local API; "sync now" is never asked.
+                let (_asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(1);
                 tillsync_node::run::run(
                     &mut s,
                     client,
-                    opts,
+                    config,
                     now_ms,
                     async move {
                         let _ = rx.recv().await;
                     },
-                    |r| {
+                    asked_rx,
+                    |_, r| {
                         if let Err(e) = r {
                             eprintln!("sync: {e}");
                         }

@@ -255,20 +255,39 @@ pub fn run(args: Cli) -> Result<()> {
         }
         Command::Status { data } => {
             let store = open(&data.data)?;
-            let s = store.status()?;
+            let config = tillsync_node::config::Config::load(&data.data)?;
+            let s = tillsync_node::status::full(&store, &config)?;
             if j {
                 output::json(&s);
             } else {
-                println!("till {} ({}) device {}", s.name, s.mode, s.device_id);
                 println!(
-                    "pending: {}",
-                    s.pending.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+                    "till {} ({}) device {}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["mode"].as_str().unwrap_or(""),
+                    s["device_id"].as_str().unwrap_or("")
                 );
+                println!(
+                    "state: {}   network: {} (hub {})",
+                    s["state"].as_str().unwrap_or(""),
+                    s["network"]["type"].as_str().unwrap_or(""),
+                    s["network"]["hub"].as_str().unwrap_or("")
+                );
+                let pending = s["pending"]
+                    .as_object()
+                    .map(|p| p.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default();
+                println!("pending: {pending}");
+                if let Some(e) = s["last_error"].as_str() {
+                    println!("last error: {e}");
+                }
+                if let Some(w) = s["clock_warning"].as_str() {
+                    println!("warning: {w}");
+                }
                 println!(
                     "conflicts open: {}, oversold SKUs: {}, over-refunded sales: {}",
-                    s.conflicts_open, s.oversold, s.over_refunded
+                    s["conflicts_open"], s["oversold"], s["over_refunded"]
                 );
-                println!("state digest: {}", s.state_digest);
+                println!("state digest: {}", s["state_digest"].as_str().unwrap_or(""));
             }
             Ok(())
         }
@@ -360,11 +379,13 @@ pub fn run(args: Cli) -> Result<()> {
         Command::Node(NodeCmd::Attach { data, hub, code, tls }) => {
             crate::sync_cmd::attach(&data.data, &hub, &code, &tls, j)
         }
-        Command::Node(NodeCmd::Run { data, interval, exit_after }) => {
-            crate::sync_cmd::run(&data.data, interval, exit_after, j)
+        Command::Node(NodeCmd::Run { data, interval, ui, exit_after }) => {
+            crate::sync_cmd::run(&data.data, interval, exit_after, ui.as_deref(), j)
         }
         Command::Hub(cmd) => crate::hub_cmd::run(cmd, j),
-        Command::Sync { data, force: _ } => crate::sync_cmd::sync(&data.data, j),
+        Command::Sync { data, force, full } => crate::sync_cmd::sync(&data.data, force, full, j),
+        Command::Network { data } => crate::sync_cmd::network(&data.data, j),
+        Command::Config(cmd) => crate::sync_cmd::config(cmd, j),
         Command::Devices(cmd) => crate::sync_cmd::devices(cmd, j),
         Command::Quarantine(QuarantineCmd::List { data }) => {
             let store = open(&data.data)?;

@@ -6,8 +6,9 @@ use crate::output;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 use std::path::Path;
+use tillsync_node::config::Config;
 use tillsync_node::sync::client_for;
-use tillsync_node::{ClientOptions, HubClient, enrol_and_bootstrap, sync_once};
+use tillsync_node::{ClientOptions, HubClient, SyncOptions, enrol_and_bootstrap, sync_once, sync_with};
 
 fn options(tls: &TlsArgs) -> ClientOptions {
     ClientOptions { ca_file: tls.ca.clone(), insecure: tls.insecure, timeout_ms: 30_000 }
@@ -62,10 +63,17 @@ pub fn attach(dir: &Path, url: &str, code: &str, tls: &TlsArgs, j: bool) -> Resu
     Ok(())
 }
 
-pub fn sync(dir: &Path, j: bool) -> Result<()> {
+fn metered_lanes(config: &Config) -> Option<Vec<tillsync_core::Lane>> {
+    let view = tillsync_node::net::current(&config.network.metered, None);
+    view.metered.then(|| config.network.metered_lanes.iter().filter_map(|l| tillsync_core::Lane::parse(l)).collect())
+}
+
+pub fn sync(dir: &Path, force: bool, full: bool, j: bool) -> Result<()> {
     let mut store = open(dir)?;
+    let config = Config::load(dir)?;
     let client = client_for(dir, &store)?;
-    let report = runtime()?.block_on(sync_once(&mut store, &client, now_ms)).map_err(|e| {
+    let opts = SyncOptions { metered_lanes: metered_lanes(&config), force, full };
+    let report = runtime()?.block_on(sync_with(&mut store, &client, now_ms, &opts)).map_err(|e| {
         if matches!(e, tillsync_node::SyncError::Network(_)) {
             anyhow!("{e}; the till keeps selling and its changes wait in the outbox until the hub is reachable")
         } else {
@@ -76,46 +84,137 @@ pub fn sync(dir: &Path, j: bool) -> Result<()> {
         output::json(&report);
     } else {
         println!("pushed {}, pulled {}, open conflicts {}", report.pushed, report.pulled, report.conflicts);
+        if report.deferred_pull {
+            println!("a large pull waits for an unmetered link (use --force to pull now)");
+        }
+        if let Some(m) = report.digest_matches {
+            println!("digest {} the hub's", if m { "matches" } else { "DIFFERS from" });
+        }
     }
     // Everything else was synced; a held-back lane still fails the command.
     if !report.lane_errors.is_empty() {
         anyhow::bail!("lane held back: {}", report.lane_errors.join("; "));
     }
+    if report.digest_matches == Some(false) {
+        anyhow::bail!(
+            "after a full sync this till's digest still differs from the hub's: check `till status` and the hub's quarantine"
+        );
+    }
     Ok(())
 }
 
-pub fn run(dir: &Path, interval_s: u64, exit_after_s: u64, j: bool) -> Result<()> {
+pub fn network(dir: &Path, j: bool) -> Result<()> {
+    let store = open(dir)?;
+    let config = Config::load(dir)?;
+    let reachable = match store.get_meta("hub_url")? {
+        None => None,
+        Some(_) => {
+            let client = client_for(dir, &store)?;
+            let timeout = std::time::Duration::from_millis(config.sync.probe_timeout_ms);
+            Some(runtime()?.block_on(async { tokio::time::timeout(timeout, client.healthy()).await.unwrap_or(false) }))
+        }
+    };
+    let v = tillsync_node::net::current(&config.network.metered, reachable);
+    if j {
+        output::json(&v);
+    } else {
+        println!(
+            "link: {}{}  metered: {}  hub: {}",
+            v.kind,
+            v.signal.map(|s| format!(" (signal {s})")).unwrap_or_default(),
+            v.metered,
+            v.hub
+        );
+        for i in &v.interfaces {
+            println!("  {:<12} {:<9} {}", i.name, i.kind, if i.up { "up" } else { "down" });
+        }
+    }
+    Ok(())
+}
+
+pub fn config(cmd: crate::cli::ConfigCmd, j: bool) -> Result<()> {
+    use crate::cli::ConfigCmd;
+    match cmd {
+        ConfigCmd::Get { data, key } => {
+            open(&data.data)?;
+            let c = Config::load(&data.data)?;
+            let keys: Vec<&str> = match &key {
+                Some(k) => vec![k.as_str()],
+                None => Config::keys().to_vec(),
+            };
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                out.insert(k.to_string(), json!(c.get(k)?));
+            }
+            if j {
+                output::json(&out);
+            } else {
+                for (k, v) in out {
+                    println!("{k} = {}", v.as_str().unwrap_or(""));
+                }
+            }
+        }
+        ConfigCmd::Set { data, key, value } => {
+            open(&data.data)?;
+            let mut c = Config::load(&data.data)?;
+            c.set(&key, &value)?;
+            c.save(&data.data)?;
+            if j { output::json(&json!({key.clone(): c.get(&key)?})) } else { println!("{key} = {}", c.get(&key)?) }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&str>, j: bool) -> Result<()> {
     let mut store = open(dir)?;
+    let mut config = Config::load(dir)?;
+    if let Some(i) = interval_s {
+        config.sync.interval_s = i.max(1);
+    }
     let client = client_for(dir, &store)?;
     let rt = runtime()?;
+    let (asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(4);
+    let api_addr = ui.unwrap_or(tillsync_node::api::DEFAULT_ADDR).to_string();
     if !j {
         println!(
-            "till {} syncing with {} every {interval_s} s and on live events; Ctrl-C stops it",
+            "till {} syncing with {} (every {} s, on local writes and live events); status on http://{api_addr}/api/status; Ctrl-C stops it",
             store.identity().name,
-            client.base()
+            client.base(),
+            config.sync.interval_s
         );
     }
     rt.block_on(async {
+        let api_state = tillsync_node::api::ApiState {
+            store: std::sync::Arc::new(std::sync::Mutex::new(open(dir)?)),
+            config: std::sync::Arc::new(config.clone()),
+            sync_now: asked_tx,
+            dir: dir.to_path_buf(),
+        };
+        let listener = tokio::net::TcpListener::bind(&api_addr)
+            .await
+            .map_err(|e| anyhow!("cannot serve the local API on {api_addr}: {e}; choose another with --ui ADDR"))?;
+        if j {
+            println!("{}", json!({"api": format!("http://{}", listener.local_addr()?)}));
+        }
+        let api = tokio::spawn(async move { axum::serve(listener, tillsync_node::api::router(api_state)).await });
         let stop = async move {
             if exit_after_s > 0 {
                 tokio::time::sleep(std::time::Duration::from_secs(exit_after_s)).await;
             } else {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
                 tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
             }
         };
-        let opts = tillsync_node::run::RunOptions { interval_ms: interval_s.max(1) * 1_000, poll_ms: 200 };
-        tillsync_node::run::run(&mut store, client, opts, now_ms, stop, |r| match r {
-            Ok(rep) if j => {
-                println!("{}", json!({"pushed": rep.pushed, "pulled": rep.pulled, "conflicts": rep.conflicts}))
-            }
-            Ok(rep) if rep.pushed + rep.pulled > 0 => println!("synced: pushed {}, pulled {}", rep.pushed, rep.pulled),
+        tillsync_node::run::run(&mut store, client, config, now_ms, stop, asked_rx, |t, r| match r {
+            Ok(rep) if j => println!("{}", json!({"trigger": format!("{t:?}"), "pushed": rep.pushed, "pulled": rep.pulled, "conflicts": rep.conflicts})),
+            Ok(rep) if rep.pushed + rep.pulled > 0 => println!("synced ({t:?}): pushed {}, pulled {}", rep.pushed, rep.pulled),
             Ok(_) => {}
             Err(e) => eprintln!("sync: {e} (the till keeps selling; retrying)"),
         })
         .await;
-    });
+        api.abort();
+        anyhow::Ok(())
+    })?;
     Ok(())
 }
 

@@ -694,7 +694,19 @@ fn live_events_propagate_a_sale() {
 
     // B syncs in the background every 60 s and on live events.
     let mut child = base_command()
-        .args(["node", "run", "--data", p(&b), "--interval", "60", "--exit-after", "20", "--json"])
+        .args([
+            "node",
+            "run",
+            "--data",
+            p(&b),
+            "--interval",
+            "60",
+            "--exit-after",
+            "20",
+            "--ui",
+            "127.0.0.1:0",
+            "--json",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -713,6 +725,10 @@ fn live_events_propagate_a_sale() {
     let runner = Bg(child);
     // The interval's first tick syncs at once; after it the event stream is
     // connected (it is opened when the runner starts).
+    // The first line names the local API; then come the round reports.
+    let api = rx.recv_timeout(Duration::from_secs(10)).expect("the runner's API address");
+    let api: Value = serde_json::from_str(&api).expect("a JSON line");
+    assert!(api["api"].as_str().is_some_and(|a| a.starts_with("http://127.0.0.1:")), "{api}");
     let first = rx.recv_timeout(Duration::from_secs(10)).expect("the runner's first round");
     let first: Value = serde_json::from_str(&first).expect("a JSON round report");
     assert_eq!(first["pulled"], 0, "{first}");

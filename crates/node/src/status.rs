@@ -1,0 +1,97 @@
+//! The till's full status: the store's figures plus the sync state, the
+//! network view and the progress of a running round. The same document is
+//! printed by `till status --json` and served on `/api/status`.
+
+use crate::config::Config;
+use crate::net;
+use serde_json::{Value, json};
+use tillsync_store::{Store, StoreError};
+
+/// The sync state shown to a cashier.
+pub fn state(
+    standalone: bool,
+    revoked: bool,
+    stalled: bool,
+    lane_error: bool,
+    reachable: Option<bool>,
+    running: bool,
+    pending: i64,
+) -> &'static str {
+    if revoked {
+        "revoked"
+    } else if stalled || lane_error {
+        "error"
+    } else if standalone || reachable == Some(false) {
+        "offline"
+    } else if running {
+        "syncing"
+    } else if pending > 0 {
+        "pending"
+    } else {
+        "synced"
+    }
+}
+
+fn meta_u64(store: &Store, key: &str) -> Result<u64, StoreError> {
+    Ok(store.get_meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0))
+}
+
+/// The full status document.
+pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
+    let s = store.status()?;
+    let standalone = s.hub_url.is_none();
+    let reachable = match store.get_meta("net_reachable")?.as_deref() {
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        _ => None,
+    };
+    let failures = meta_u64(store, "failures")?;
+    let stalled = failures >= config.sync.retry_limit as u64;
+    let lane_error =
+        s.last_error.as_deref().is_some_and(|e| !e.is_empty()) && reachable != Some(false) && !stalled && failures == 0;
+    let running = store.get_meta("sync_running")?.as_deref() == Some("1");
+    let pending_total = s.pending_total;
+    let st = state(standalone, s.hub_status == "revoked", stalled, lane_error, reachable, running, pending_total);
+    let progress = store.get_meta("progress")?.filter(|p| !p.is_empty() && running).and_then(|p| {
+        let (d, t) = p.split_once('/')?;
+        Some(json!({"done": d.parse::<u64>().ok()?, "total": t.parse::<u64>().ok()?}))
+    });
+    let network = net::current(&config.network.metered, if standalone { None } else { reachable });
+    let mut bytes = serde_json::Map::new();
+    for lane in tillsync_core::Lane::ALL {
+        bytes.insert(lane.to_string(), json!(meta_u64(store, &format!("bytes_sent_{lane}"))?));
+    }
+    let mut v = serde_json::to_value(&s).map_err(|e| StoreError::Io(e.to_string()))?;
+    let o = v.as_object_mut().expect("status is an object");
+    o.insert("state".into(), json!(st));
+    o.insert("progress".into(), progress.unwrap_or(Value::Null));
+    o.insert(
+        "network".into(),
+        json!({"type": network.kind, "metered": network.metered, "reachable": network.reachable,
+               "signal": network.signal, "hub": network.hub}),
+    );
+    o.insert("last_sync_at".into(), json!(s.last_sync_ms));
+    o.insert("pushed".into(), json!(meta_u64(store, "pushed_total")?));
+    o.insert("pulled".into(), json!(meta_u64(store, "pulled_total")?));
+    o.insert("clock_skew_ms".into(), json!(s.skew_ms));
+    o.insert("failures".into(), json!(failures));
+    o.insert("bytes_sent".into(), Value::Object(bytes));
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_in_priority_order() {
+        assert_eq!(state(false, true, true, true, Some(false), true, 5), "revoked");
+        assert_eq!(state(false, false, true, false, Some(false), true, 5), "error");
+        assert_eq!(state(false, false, false, true, Some(true), false, 0), "error");
+        assert_eq!(state(false, false, false, false, Some(false), false, 5), "offline");
+        assert_eq!(state(true, false, false, false, None, false, 5), "offline");
+        assert_eq!(state(false, false, false, false, Some(true), true, 5), "syncing");
+        assert_eq!(state(false, false, false, false, None, false, 5), "pending");
+        assert_eq!(state(false, false, false, false, Some(true), false, 0), "synced");
+    }
+}
