@@ -36,6 +36,14 @@ pub enum SaleError {
     RefundTooMany { sku: String, want: i64, left: i64 },
     #[error("text looks like a full card number; card numbers are never stored: remove it")]
     CardNumberInText,
+    #[error(
+        "the hub is unreachable and card payments above {limit} are not accepted offline: take cash, split the payment, or wait for the connection"
+    )]
+    OfflineCardOverLimit { limit: String },
+    #[error(
+        "the hub is unreachable and offline card payments would reach {total}, over the limit of {limit}: take cash or wait for the connection"
+    )]
+    OfflineCardTotalOverLimit { total: String, limit: String },
 }
 
 /// Tenant settings with their defaults.
@@ -46,6 +54,12 @@ pub struct Settings {
     pub cash_rounding_minor: i64,
     pub time_zone: String,
     pub receipt_header: String,
+    /// Largest card payment accepted while the hub is unreachable (0: no limit).
+    pub offline_card_max_minor: i64,
+    /// Most card payments in total waiting to reach the hub (0: no limit).
+    pub offline_card_total_max_minor: i64,
+    /// Seconds without reaching the hub before the till warns.
+    pub offline_warn_after_s: i64,
 }
 
 impl Default for Settings {
@@ -56,6 +70,9 @@ impl Default for Settings {
             cash_rounding_minor: 0,
             time_zone: "UTC".into(),
             receipt_header: String::new(),
+            offline_card_max_minor: 0,
+            offline_card_total_max_minor: 0,
+            offline_warn_after_s: 3_600,
         }
     }
 }
@@ -78,6 +95,17 @@ impl Settings {
             cash_rounding_minor: fields.get("cash_rounding_minor").and_then(Value::as_i64).unwrap_or(0).max(0),
             time_zone: fields.get("time_zone").and_then(Value::as_str).map(str::to_string).unwrap_or(d.time_zone),
             receipt_header: fields.get("receipt_header").and_then(Value::as_str).unwrap_or("").to_string(),
+            offline_card_max_minor: fields.get("offline_card_max_minor").and_then(Value::as_i64).unwrap_or(0).max(0),
+            offline_card_total_max_minor: fields
+                .get("offline_card_total_max_minor")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .max(0),
+            offline_warn_after_s: fields
+                .get("offline_warn_after_s")
+                .and_then(Value::as_i64)
+                .unwrap_or(d.offline_warn_after_s)
+                .max(0),
         }
     }
 }

@@ -253,7 +253,10 @@ impl Schema {
                 .field("prices_include_tax", Bool)
                 .field("cash_rounding_minor", Int)
                 .field("time_zone", Text)
-                .field("receipt_header", Text),
+                .field("receipt_header", Text)
+                .field("offline_card_max_minor", Int)
+                .field("offline_card_total_max_minor", Int)
+                .field("offline_warn_after_s", Int),
             TableDecl::record(tables::POLICIES, Lane::Catalog).field("target", Text).field("mode", Text),
             TableDecl::ledger(tables::SALES, Lane::Sales, Scope::Store)
                 .required("receipt", Text)

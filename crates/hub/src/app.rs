@@ -116,6 +116,19 @@ where
     }
 }
 
+/// Query string that maps decoding failures to the hub's error body.
+pub struct QueryArgs<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
+    type Rejection = HubError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| QueryArgs(q))
+            .map_err(|e| HubError::bad("bad_query", format!("the query string is not valid: {}", e.body_text())))
+    }
+}
+
 /// JSON body that maps decoding failures to the hub's error body.
 pub struct JsonBody<T>(pub T);
 
@@ -188,6 +201,7 @@ pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
     let router = r
         .router
         .fallback(|| async { HubError::NotFound("route".into()) })
+        .method_not_allowed_fallback(|| async { HubError::MethodNotAllowed })
         .layer(middleware::from_fn(zstd_layer))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
         .with_state(state);
@@ -234,7 +248,7 @@ fn default_limit() -> usize {
 async fn pull(
     State(st): State<AppState>,
     Device(dev): Device,
-    Query(q): Query<PullQuery>,
+    QueryArgs(q): QueryArgs<PullQuery>,
 ) -> Result<Response, HubError> {
     let r = blocking(move || st.storage.pull(&dev, q.after, q.limit, now_ms())).await?;
     Ok(Json(r).into_response())
@@ -336,7 +350,11 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
             }
         }
     } else {
-        body
+        // Plain bodies get the wire limit too, before any handler reads them.
+        match axum::body::to_bytes(body, BODY_LEN_MAX).await {
+            Ok(b) => Body::from(b),
+            Err(_) => return HubError::TooLarge.into_response(),
+        }
     };
     let mut resp = next.run(Request::from_parts(parts, body)).await;
     resp.headers_mut().insert("tillsync-wire", HeaderValue::from(WIRE_VERSION));

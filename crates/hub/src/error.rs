@@ -24,6 +24,8 @@ pub enum HubError {
     Quota(String),
     #[error("the request body is too large")]
     TooLarge,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     #[error("the hub is busy, try again")]
     Busy,
     /// Internal detail is logged, never sent.
@@ -43,6 +45,7 @@ impl HubError {
             HubError::BadCode => "bad_code",
             HubError::Quota(_) => "quota_exceeded",
             HubError::TooLarge => "too_large",
+            HubError::MethodNotAllowed => "method_not_allowed",
             HubError::Busy => "busy",
             HubError::Internal(_) => "internal",
         }
@@ -56,6 +59,7 @@ impl HubError {
             HubError::BadRequest { .. } | HubError::BadCode => StatusCode::BAD_REQUEST,
             HubError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             HubError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HubError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             HubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

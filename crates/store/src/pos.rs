@@ -345,6 +345,7 @@ impl Store {
         let priced = domain::price_sale(&settings, &lines)?;
         let (payments, rounding) =
             domain::settle(settings.currency, priced.total_minor, settings.cash_rounding_minor, &req.payments)?;
+        self.check_offline_card_limits(&settings, &payments)?;
         if let Some(c) = req.customer_id
             && !matches!(self.record(tables::CUSTOMERS, c)?, Some((true, _)))
         {
@@ -411,6 +412,62 @@ impl Store {
                 data,
             })
         })
+    }
+
+    /// Whether this till is cut off from its hub (as the sync engine last saw it).
+    pub fn hub_unreachable(&self) -> Result<bool, StoreError> {
+        Ok(self.meta_get("hub_url")?.is_some() && self.meta_get("net_reachable")?.as_deref() == Some("false"))
+    }
+
+    /// Card payments of sales not yet acknowledged by the hub, in minor units.
+    pub fn offline_card_total(&self) -> Result<i64, StoreError> {
+        let mut total = 0;
+        for p in self.pending_changes(tillsync_core::Lane::Sales, usize::MAX >> 1)? {
+            for op in &p.change.ops {
+                if let tillsync_core::Op::Insert(r) = op
+                    && r.table == tables::SALES
+                {
+                    for pay in r.data["payments"].as_array().into_iter().flatten() {
+                        if pay["method"] == "card" {
+                            total += pay["amount_minor"].as_i64().unwrap_or(0);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Offline limits, as real POS systems have them: while the hub is
+    /// unreachable, a card payment over the limit and a total of offline card
+    /// payments over the limit are refused. Cash always works.
+    fn check_offline_card_limits(&self, settings: &Settings, payments: &[domain::Payment]) -> Result<(), StoreError> {
+        let card: i64 = payments.iter().filter(|p| p.method() == domain::Method::Card).map(|p| p.amount_minor()).sum();
+        if card == 0 || !self.hub_unreachable()? {
+            return Ok(());
+        }
+        let cur = settings.currency;
+        if settings.offline_card_max_minor > 0
+            && payments
+                .iter()
+                .any(|p| p.method() == domain::Method::Card && p.amount_minor() > settings.offline_card_max_minor)
+        {
+            return Err(domain::SaleError::OfflineCardOverLimit {
+                limit: cur.display(settings.offline_card_max_minor),
+            }
+            .into());
+        }
+        if settings.offline_card_total_max_minor > 0 {
+            let total = self.offline_card_total()? + card;
+            if total > settings.offline_card_total_max_minor {
+                return Err(domain::SaleError::OfflineCardTotalOverLimit {
+                    total: cur.display(total),
+                    limit: cur.display(settings.offline_card_total_max_minor),
+                }
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Finds a sale by receipt number.
