@@ -71,6 +71,26 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
                "signal": network.signal, "hub": network.hub}),
     );
     o.insert("last_sync_at".into(), json!(s.last_sync_ms));
+    // Offline for longer than the tenant allows: say so.
+    let settings = store.settings()?;
+    let since = s.last_sync_ms.or(store.get_meta("enrolled_ms")?.and_then(|v| v.parse().ok()));
+    let offline_warning = match (standalone, since) {
+        (false, Some(t)) if settings.offline_warn_after_s > 0 && reachable == Some(false) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let secs = now.saturating_sub(t) / 1_000;
+            (secs as i64 > settings.offline_warn_after_s).then(|| {
+                format!(
+                    "this till has not reached the hub for {} min: check the network; sales are kept and will sync",
+                    secs / 60
+                )
+            })
+        }
+        _ => None,
+    };
+    o.insert("offline_warning".into(), json!(offline_warning));
     o.insert("pushed".into(), json!(meta_u64(store, "pushed_total")?));
     o.insert("pulled".into(), json!(meta_u64(store, "pulled_total")?));
     o.insert("clock_skew_ms".into(), json!(s.skew_ms));

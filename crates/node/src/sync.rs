@@ -142,6 +142,14 @@ pub async fn enrol_and_bootstrap(
     };
     let mut store = Store::create(dir, identity, Schema::standard(), ids)?;
     save_token(dir, &e.token)?;
+    store.set_meta(
+        "enrolled_ms",
+        &std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0)
+            .to_string(),
+    )?;
     store.set_meta("hub_url", anon.base())?;
     if let Some(ca) = &opts.ca_file {
         let abs = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());

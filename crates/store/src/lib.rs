@@ -18,7 +18,7 @@ pub use error::StoreError;
 pub use local::Local;
 pub use pos::{CountOutcome, ProductFields, RefundOutcome, SaleOutcome, SaleRequest};
 pub use queries::{Alerts, ConflictRow, LedgerEntry, ProductRow, SaleSummary, Status, StockRow};
-pub use sync::{Pending, QuarantineNote};
+pub use sync::{ImportReport, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;

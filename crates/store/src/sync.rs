@@ -113,3 +113,108 @@ impl Store {
         self.meta_set(key, value)
     }
 }
+
+/// Unsynced changes written to a file by `till export-pending`.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PendingFile {
+    pub format: String,
+    pub tenant_id: uuid::Uuid,
+    pub device_id: uuid::Uuid,
+    pub changes: Vec<Change>,
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub changes: u64,
+    pub ledger_rows: u64,
+    pub ledger_rows_present: u64,
+    pub record_writes: u64,
+}
+
+/// The format tag of pending files.
+pub const PENDING_FORMAT: &str = "tillsync-pending-v1";
+
+impl Store {
+    /// Every change not yet acknowledged by the hub, all lanes.
+    pub fn export_pending(&self) -> Result<PendingFile, StoreError> {
+        let mut changes = Vec::new();
+        for lane in Lane::ALL {
+            changes.extend(self.pending_changes(lane, usize::MAX >> 1)?.into_iter().map(|p| p.change));
+        }
+        Ok(PendingFile {
+            format: PENDING_FORMAT.into(),
+            tenant_id: self.identity.tenant_id,
+            device_id: self.identity.device_id,
+            changes,
+        })
+    }
+
+    /// Brings exported changes into this till as its own changes: ledger
+    /// rows keep their ids (a row already here is skipped, so importing twice
+    /// adds nothing), record values are written again on the same rows.
+    pub fn import_pending(&mut self, now_ms: u64, file: &PendingFile) -> Result<ImportReport, StoreError> {
+        if file.format != PENDING_FORMAT {
+            return Err(StoreError::Invalid(format!("not a file of pending changes (format '{}')", file.format)));
+        }
+        if file.tenant_id != self.identity.tenant_id {
+            return Err(StoreError::Invalid(
+                "these changes belong to another tenant: import them into a till enrolled with the same merchant"
+                    .into(),
+            ));
+        }
+        let mut report = ImportReport::default();
+        for change in &file.changes {
+            for op in &change.ops {
+                op.check(&self.schema)?;
+            }
+            let present: Vec<bool> = change
+                .ops
+                .iter()
+                .map(|op| match op {
+                    Op::Insert(r) => self
+                        .conn
+                        .query_row("SELECT 1 FROM ledger WHERE id = ?1", [r.id.to_string()], |_| Ok(()))
+                        .map(|_| true)
+                        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(false) } else { Err(e) }),
+                    Op::Write(w) => self
+                        .conn
+                        .query_row("SELECT 1 FROM writes WHERE id = ?1", [w.id.to_string()], |_| Ok(()))
+                        .map(|_| true)
+                        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(false) } else { Err(e) }),
+                })
+                .collect::<Result<_, _>>()?;
+            let mut stats = ImportReport::default();
+            self.write(now_ms, |l| {
+                for (op, here) in change.ops.iter().zip(&present) {
+                    match (op, here) {
+                        (Op::Insert(_), true) => stats.ledger_rows_present += 1,
+                        (Op::Insert(r), false) => {
+                            l.insert_with_id(&r.table, r.id, r.data.clone())?;
+                            stats.ledger_rows += 1;
+                        }
+                        (Op::Write(_), true) => {}
+                        (Op::Write(w), false) => {
+                            if w.field == tillsync_core::merge::EXISTS_FIELD {
+                                if w.value == serde_json::Value::Bool(false) {
+                                    l.delete(&w.table, w.row)?;
+                                } else {
+                                    l.create(&w.table, w.row, &[])?;
+                                }
+                            } else {
+                                l.set(&w.table, w.row, &[(w.field.as_str(), w.value.clone())])?;
+                            }
+                            stats.record_writes += 1;
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            report.changes += 1;
+            report.ledger_rows += stats.ledger_rows;
+            report.ledger_rows_present += stats.ledger_rows_present;
+            report.record_writes += stats.record_writes;
+        }
+        Ok(report)
+    }
+}

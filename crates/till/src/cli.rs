@@ -154,6 +154,22 @@ pub enum Command {
     /// Devices of a tenant, seen through the hub (admin token).
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// Write the changes that have not reached the hub to a file.
+    ExportPending {
+        #[command(flatten)]
+        data: Data,
+        /// The file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bring exported changes into this till (same merchant); importing twice adds nothing.
+    ImportPending {
+        #[command(flatten)]
+        data: Data,
+        /// A file written by `till export-pending`.
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Changes the hub acknowledged into quarantine, with the reason.
     #[command(subcommand)]
     Quarantine(QuarantineCmd),
@@ -208,6 +224,15 @@ pub enum NodeCmd {
         code: String,
         #[command(flatten)]
         tls: TlsArgs,
+    },
+    /// Delete this till's data. Refused while changes have not reached the
+    /// hub, unless --force (save them first with `till export-pending`).
+    Reset {
+        #[command(flatten)]
+        data: Data,
+        /// Delete even with unsynced changes (they are lost).
+        #[arg(long)]
+        force: bool,
     },
     /// Run the till's background sync (and, later, its UI) until stopped.
     Run {

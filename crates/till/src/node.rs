@@ -335,7 +335,8 @@ pub fn run(args: Cli) -> Result<()> {
             let store = open(&data.data)?;
             let s = store.settings()?;
             let v = json!({"currency": s.currency.code(), "prices_include_tax": s.prices_include_tax,
-                "cash_rounding_minor": s.cash_rounding_minor, "time_zone": s.time_zone, "receipt_header": s.receipt_header});
+                "cash_rounding_minor": s.cash_rounding_minor, "time_zone": s.time_zone, "receipt_header": s.receipt_header, "offline_card_max_minor": s.offline_card_max_minor,
+                "offline_card_total_max_minor": s.offline_card_total_max_minor, "offline_warn_after_s": s.offline_warn_after_s});
             if j {
                 output::json(&v);
             } else {
@@ -363,8 +364,14 @@ pub fn run(args: Cli) -> Result<()> {
                     domain::check_free_text(&value)?;
                     ("receipt_header", json!(value))
                 }
+                "offline_card_max" => ("offline_card_max_minor", json!(cur.parse_minor(&value)?)),
+                "offline_card_total_max" => ("offline_card_total_max_minor", json!(cur.parse_minor(&value)?)),
+                "offline_warn_after_s" => (
+                    "offline_warn_after_s",
+                    json!(value.parse::<u32>().map_err(|_| anyhow!("'{value}' is not a number of seconds"))?),
+                ),
                 other => bail!(
-                    "unknown setting '{other}': use currency, prices_include_tax, cash_rounding, time_zone or receipt_header"
+                    "unknown setting '{other}': use currency, prices_include_tax, cash_rounding, time_zone, receipt_header, offline_card_max, offline_card_total_max or offline_warn_after_s"
                 ),
             };
             store.set_settings(now_ms(), &[(field, v.clone())])?;
@@ -383,6 +390,65 @@ pub fn run(args: Cli) -> Result<()> {
             crate::sync_cmd::run(&data.data, interval, exit_after, ui.as_deref(), j)
         }
         Command::Hub(cmd) => crate::hub_cmd::run(cmd, j),
+        Command::Node(NodeCmd::Reset { data, force }) => {
+            let store = open(&data.data)?;
+            let pending: i64 = store.pending()?.values().sum();
+            if pending > 0 && !force {
+                bail!(
+                    "{pending} changes have not reached the hub: run `till sync --data {d}`, or save them with `till export-pending --data {d} --out FILE`, or pass --force to lose them",
+                    d = data.data.display()
+                );
+            }
+            drop(store);
+            let mut removed = vec![];
+            for f in ["till.db", "till.db-wal", "till.db-shm", "device.token", "till.toml"] {
+                let p = data.data.join(f);
+                if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+                    removed.push(f);
+                }
+            }
+            if j {
+                output::json(&json!({"reset": data.data, "removed": removed, "lost_changes": pending}));
+            } else {
+                println!("till data in {} deleted ({} unsynced changes lost)", data.data.display(), pending);
+            }
+            Ok(())
+        }
+        Command::ExportPending { data, out } => {
+            let store = open(&data.data)?;
+            if out.exists() {
+                bail!("{} exists: choose a new file name", out.display());
+            }
+            let file = store.export_pending()?;
+            let text = serde_json::to_string(&file)?;
+            // Written under a temporary name, then renamed: never half a file.
+            let tmp = out.with_extension("partial");
+            std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+            std::fs::rename(&tmp, &out)?;
+            if j {
+                output::json(&json!({"out": out, "changes": file.changes.len()}));
+            } else {
+                println!("{} unsynced changes written to {}", file.changes.len(), out.display());
+            }
+            Ok(())
+        }
+        Command::ImportPending { data, file } => {
+            let mut store = open(&data.data)?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let pf: tillsync_store::PendingFile = serde_json::from_str(&text)
+                .map_err(|e| anyhow!("{} is not a file of pending changes: {e}", file.display()))?;
+            let r = store.import_pending(now_ms(), &pf)?;
+            if j {
+                output::json(&r);
+            } else {
+                println!(
+                    "imported {} changes: {} ledger rows ({} already here), {} record writes",
+                    r.changes, r.ledger_rows, r.ledger_rows_present, r.record_writes
+                );
+            }
+            Ok(())
+        }
         Command::Sync { data, force, full } => crate::sync_cmd::sync(&data.data, force, full, j),
         Command::Network { data } => crate::sync_cmd::network(&data.data, j),
         Command::Config(cmd) => crate::sync_cmd::config(cmd, j),
