@@ -53,18 +53,59 @@ impl Events {
     }
 }
 
+/// Hub-wide counters, exposed in the Prometheus text format on a separate
+/// listener (`till hub serve --metrics ADDR`), never on the API port.
+#[derive(Default)]
+pub struct Metrics {
+    pub pushes: std::sync::atomic::AtomicU64,
+    pub changes_pushed: std::sync::atomic::AtomicU64,
+    pub push_ms_sum: std::sync::atomic::AtomicU64,
+    pub pulls: std::sync::atomic::AtomicU64,
+    pub entries_pulled: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rows = [
+            ("tillsync_hub_pushes_total", "Push requests served.", self.pushes.load(Relaxed)),
+            ("tillsync_hub_changes_pushed_total", "Changes received in pushes.", self.changes_pushed.load(Relaxed)),
+            ("tillsync_hub_push_ms_sum", "Time spent serving pushes.", self.push_ms_sum.load(Relaxed)),
+            ("tillsync_hub_pulls_total", "Pull requests served.", self.pulls.load(Relaxed)),
+            ("tillsync_hub_entries_pulled_total", "Log entries sent in pulls.", self.entries_pulled.load(Relaxed)),
+            ("tillsync_hub_errors_total", "Requests answered with an error.", self.errors.load(Relaxed)),
+        ];
+        rows.iter().map(|(n, h, v)| format!("# HELP {n} {h}\n# TYPE {n} counter\n{n} {v}\n")).collect()
+    }
+}
+
 /// Shared state of the HTTP layer.
 #[derive(Clone)]
 pub struct AppState {
     pub storage: Arc<dyn HubStorage>,
     pub events: Arc<Events>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     /// State over a storage backend.
     pub fn new(storage: Arc<dyn HubStorage>) -> Self {
-        AppState { storage, events: Arc::new(Events::default()) }
+        AppState { storage, events: Arc::new(Events::default()), metrics: Arc::new(Metrics::default()) }
     }
+}
+
+/// The metrics router, for a separate listener.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(st): State<AppState>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render())
+            }),
+        )
+        .with_state(state)
 }
 
 fn now_ms() -> u64 {
@@ -228,7 +269,17 @@ async fn push(
     JsonBody(req): JsonBody<PushRequest>,
 ) -> Result<Response, HubError> {
     let storage = st.storage.clone();
-    let (resp, notices) = blocking(move || storage.push(&dev, &req, now_ms())).await?;
+    let started = std::time::Instant::now();
+    let n = req.changes.len() as u64;
+    let r = blocking(move || storage.push(&dev, &req, now_ms())).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    st.metrics.pushes.fetch_add(1, Relaxed);
+    st.metrics.changes_pushed.fetch_add(n, Relaxed);
+    st.metrics.push_ms_sum.fetch_add(started.elapsed().as_millis() as u64, Relaxed);
+    if r.is_err() {
+        st.metrics.errors.fetch_add(1, Relaxed);
+    }
+    let (resp, notices) = r?;
     st.events.publish(&notices);
     Ok(Json(resp).into_response())
 }
@@ -250,7 +301,19 @@ async fn pull(
     Device(dev): Device,
     QueryArgs(q): QueryArgs<PullQuery>,
 ) -> Result<Response, HubError> {
-    let r = blocking(move || st.storage.pull(&dev, q.after, q.limit, now_ms())).await?;
+    let storage = st.storage.clone();
+    let r = blocking(move || storage.pull(&dev, q.after, q.limit, now_ms())).await;
+    use std::sync::atomic::Ordering::Relaxed;
+    st.metrics.pulls.fetch_add(1, Relaxed);
+    match &r {
+        Ok(p) => {
+            st.metrics.entries_pulled.fetch_add(p.entries.len() as u64, Relaxed);
+        }
+        Err(_) => {
+            st.metrics.errors.fetch_add(1, Relaxed);
+        }
+    }
+    let r = r?;
     Ok(Json(r).into_response())
 }
 

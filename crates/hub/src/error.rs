@@ -103,7 +103,7 @@ impl From<serde_json::Error> for HubError {
 impl IntoResponse for HubError {
     fn into_response(self) -> Response {
         if let HubError::Internal(detail) = &self {
-            eprintln!("hub: internal error: {detail}");
+            tracing::error!(detail = detail.as_str(), "internal error");
         }
         (self.status(), axum::Json(self.body())).into_response()
     }

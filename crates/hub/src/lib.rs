@@ -9,7 +9,7 @@ pub mod error;
 pub mod sqlite;
 pub mod storage;
 
-pub use app::{Access, AppState, RouteInfo, app, app_with_routes};
+pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metrics_router};
 pub use error::HubError;
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

@@ -37,6 +37,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/status", get(status))
         .route("/api/status/stream", get(stream))
         .route("/api/sync", post(sync_now))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
@@ -92,6 +93,15 @@ impl<S: futures_util::Stream<Item = String>> MapEvent for S {
         use futures_util::StreamExt;
         self.map(|t| Ok(Event::default().event("status").data(t)))
     }
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let text = tokio::task::spawn_blocking(move || {
+        st.store.lock().map(|s| crate::metrics::NODE.render(&s)).unwrap_or_default()
+    })
+    .await
+    .unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn sync_now(State(st): State<ApiState>) -> Response {

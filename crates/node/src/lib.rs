@@ -7,6 +7,7 @@ pub mod api;
 pub mod attach;
 pub mod client;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod run;
 pub mod status;

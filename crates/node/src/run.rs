@@ -63,21 +63,25 @@ pub async fn run(
             delay = (delay * 2).min(30_000);
         }
     });
-    // Reachability probes on their own schedule.
-    let (ptx, mut probes) = mpsc::channel::<bool>(4);
+    // Reachability probes and the OS's view of the links, on their own
+    // schedule; a change of either is an event for the loop below.
+    let (ptx, mut probes) = mpsc::channel::<(bool, String)>(4);
     let prober = client.clone();
     let (probe_every, probe_timeout) = (config.sync.probe_interval_ms, config.sync.probe_timeout_ms);
+    let metered_setting = config.network.metered.clone();
     let probe = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(probe_every));
         loop {
             tick.tick().await;
             let ok =
                 tokio::time::timeout(Duration::from_millis(probe_timeout), prober.healthy()).await.unwrap_or(false);
-            if ptx.send(ok).await.is_err() {
+            let link = crate::net::current(&metered_setting, Some(ok)).kind;
+            if ptx.send((ok, link)).await.is_err() {
                 break;
             }
         }
     });
+    let mut link: Option<String> = None;
     let mut rng = IdGen::from_u64(now_ms() ^ 0x5eed);
     let _ = store.set_meta("node_running", "1");
     tokio::pin!(stop);
@@ -98,14 +102,21 @@ pub async fn run(
                 _ = timer.tick() => config.sync.auto.then_some(Trigger::Timer),
                 Some(()) = events.recv() => Some(Trigger::LiveEvent),
                 Some(()) = asked.recv() => Some(Trigger::Asked),
-                Some(ok) = probes.recv() => {
+                Some((ok, kind)) = probes.recv() => {
                     let came_back = ok && reachable == Some(false);
+                    let link_changed = link.as_ref().is_some_and(|l| *l != kind);
+                    if link_changed {
+                        tracing::info!(from = link.as_deref().unwrap_or(""), to = kind.as_str(), "network link changed");
+                    }
+                    link = Some(kind.clone());
+                    let _ = store.set_meta("net_link", &kind);
                     if reachable != Some(ok) {
+                        tracing::info!(reachable = ok, "hub reachability changed");
                         reachable = Some(ok);
                         let _ = store.set_meta("net_reachable", if ok { "true" } else { "false" });
                     }
-                    // Back online: sync at once, whatever the backoff said.
-                    came_back.then_some(Trigger::Reachable)
+                    // Back online (or on another link): sync at once, whatever the backoff said.
+                    (came_back || (ok && link_changed)).then_some(Trigger::Reachable)
                 }
                 _ = poll.tick() => {
                     let p = pending(store);
@@ -142,7 +153,10 @@ pub async fn run(
             continue;
         }
         let opts = SyncOptions { metered_lanes: metered_lanes(&config), force: false, full: false };
+        let started = Instant::now();
+        let was_retry = retry_at.is_some() || trigger == Trigger::Retry;
         let r = sync_with(store, &client, now_ms.clone(), &opts).await;
+        crate::metrics::NODE.round(started.elapsed(), r.is_ok(), was_retry);
         match &r {
             Ok(_) => {
                 failures = 0;
@@ -152,10 +166,12 @@ pub async fn run(
             Err(e) if e.is_revoked() => {
                 retry_at = Some(Instant::now() + Duration::from_millis(config.sync.backoff_cap_ms));
             }
-            Err(_) => {
+            Err(e) => {
                 let wait =
                     backoff_ms(failures, config.sync.backoff_base_ms, config.sync.backoff_cap_ms, rng.next_u64());
                 failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, failures, retry_in_ms = wait, "sync round failed");
+                crate::metrics::NODE.backoff_ms.store(wait, std::sync::atomic::Ordering::Relaxed);
                 retry_at = Some(Instant::now() + Duration::from_millis(wait));
             }
         }

@@ -280,6 +280,9 @@ pub enum HubCmd {
         /// Address to listen on (port 0 picks a free one; the address is printed).
         #[arg(long, default_value = "127.0.0.1:8440")]
         listen: String,
+        /// Serve Prometheus metrics on this separate address (e.g. 127.0.0.1:9440).
+        #[arg(long)]
+        metrics: Option<String>,
         /// PEM certificate chain for HTTPS.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,

@@ -25,8 +25,8 @@ pub fn install_crypto() {
 
 pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
     match cmd {
-        HubCmd::Serve { data, listen, tls_cert, tls_key } => {
-            serve(&data.data, &listen, tls_cert.as_deref(), tls_key.as_deref(), j)
+        HubCmd::Serve { data, listen, metrics, tls_cert, tls_key } => {
+            serve(&data.data, &listen, metrics.as_deref(), tls_cert.as_deref(), tls_key.as_deref(), j)
         }
         HubCmd::Tenant(TenantCmd::Create { data, name, sample }) => {
             let (id, token) = hub(&data.data)?.create_tenant(&name, sample, now_ms())?;
@@ -112,10 +112,21 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
 
 /// Serves until Ctrl-C or SIGTERM. Prints the bound address first, so a
 /// script that asked for port 0 learns the port.
-pub fn serve(data: &Path, listen: &str, cert: Option<&Path>, key: Option<&Path>, j: bool) -> Result<()> {
+pub fn serve(
+    data: &Path,
+    listen: &str,
+    metrics: Option<&str>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    j: bool,
+) -> Result<()> {
     install_crypto();
+    crate::init_logs();
     let storage: Arc<dyn HubStorage> = Arc::new(hub(data)?);
-    let router = app(AppState::new(storage));
+    let state = AppState::new(storage);
+    let metrics_app = tillsync_hub::metrics_router(state.clone());
+    let router = app(state);
+    let metrics = metrics.map(str::to_string);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let addr: std::net::SocketAddr =
@@ -131,6 +142,11 @@ pub fn serve(data: &Path, listen: &str, cert: Option<&Path>, key: Option<&Path>,
         }
         use std::io::Write;
         std::io::stdout().flush()?;
+        if let Some(m) = metrics {
+            let l = tokio::net::TcpListener::bind(&m).await.with_context(|| format!("cannot serve metrics on {m}"))?;
+            tracing::info!(addr = m.as_str(), "metrics listening");
+            tokio::spawn(async move { axum::serve(l, metrics_app).await });
+        }
         let handle = axum_server::Handle::new();
         let h2 = handle.clone();
         tokio::spawn(async move {

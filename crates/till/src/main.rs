@@ -11,6 +11,13 @@ mod sync_cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// Structured logs on stderr for the long-running commands (`hub serve`,
+/// `node run`); `TILL_LOG` sets the level (error, warn, info, debug, trace).
+pub fn init_logs() {
+    let level = std::env::var("TILL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
+    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+}
+
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     let json = args.json;

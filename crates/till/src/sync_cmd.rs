@@ -166,6 +166,7 @@ pub fn config(cmd: crate::cli::ConfigCmd, j: bool) -> Result<()> {
 }
 
 pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&str>, j: bool) -> Result<()> {
+    crate::init_logs();
     let mut store = open(dir)?;
     let mut config = Config::load(dir)?;
     if let Some(i) = interval_s {
