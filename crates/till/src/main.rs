@@ -15,7 +15,12 @@ use std::process::ExitCode;
 /// `node run`); `TILL_LOG` sets the level (error, warn, info, debug, trace).
 pub fn init_logs() {
     let level = std::env::var("TILL_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::INFO);
-    let _ = tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {
