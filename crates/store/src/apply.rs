@@ -242,6 +242,19 @@ impl Store {
         Ok(out)
     }
 
+    /// How many writes named in `w`'s base are stored writes of its field.
+    fn same_field_in_base(&self, w: &Write) -> Result<usize, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT field FROM writes WHERE id = ?1")?;
+        let mut n = 0;
+        for b in &w.base {
+            let f: Option<String> = st.query_row([b.to_string()], |r| r.get(0)).optional()?;
+            if f.as_deref() == Some(w.field.as_str()) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Every stored write of a row (for conflict history).
     fn row_writes(&self, table: &str, row: Uuid) -> Result<Vec<Write>, StoreError> {
         let mut st =
@@ -296,14 +309,22 @@ impl Store {
     /// writes that name `w` (a resolution can arrive before what it names).
     fn derive_resolved(&mut self, w: &Write) -> Result<(), StoreError> {
         let mut resolvers: Vec<WriteId> = vec![];
-        if w.base.len() >= 2 {
+        // The common write names one head of its own field: it resolves
+        // nothing, and the row's history need not be read (that would make a
+        // busy row's writes cost more and more).
+        if w.base.len() >= 2 && (w.field == EXISTS_FIELD || self.same_field_in_base(w)? >= 2) {
             resolvers.push(w.id);
         }
         {
-            let mut st = self.conn.prepare_cached("SELECT namer_id FROM named WHERE named_id = ?1")?;
-            let namers = st.query_map([w.id.to_string()], |r| r.get::<_, String>(0))?;
+            let mut st = self.conn.prepare_cached("SELECT namer_id, field FROM named WHERE named_id = ?1")?;
+            let namers = st.query_map([w.id.to_string()], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
             for n in namers {
-                resolvers.push(parse_write_id(&n?)?);
+                let (namer, field) = n?;
+                // Only a write of the same field, or an existence write, can
+                // have resolved a conflict this late arrival belongs to.
+                if field == w.field || field == EXISTS_FIELD {
+                    resolvers.push(parse_write_id(&namer)?);
+                }
             }
         }
         if resolvers.is_empty() {
