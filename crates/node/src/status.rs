@@ -96,6 +96,7 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     o.insert("clock_skew_ms".into(), json!(s.skew_ms));
     o.insert("failures".into(), json!(failures));
     o.insert("bytes_sent".into(), Value::Object(bytes));
+    o.insert("bytes_received".into(), json!(meta_u64(store, "bytes_received")?));
     Ok(v)
 }
 

@@ -341,6 +341,12 @@ async fn round(
             }
         }
         report.pulled += page.entries.len() as u64;
+        let received: u64 =
+            page.entries.iter().map(|e| serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0)).sum();
+        if received > 0 {
+            let v: u64 = store.get_meta("bytes_received")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+            store.set_meta("bytes_received", &(v + received).to_string())?;
+        }
         store.set_meta("progress", &format!("{}/{}", report.pulled, report.pulled + page.remaining))?;
         if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {
             report.deferred_pull = true;
