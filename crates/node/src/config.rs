@@ -15,6 +15,23 @@ pub const CONFIG_FILE: &str = "till.toml";
 pub struct Config {
     pub sync: SyncConfig,
     pub network: NetworkConfig,
+    pub backup: BackupConfig,
+}
+
+/// Scheduled backups (see `till backup`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupConfig {
+    /// A folder for backups (another disk is best).
+    pub destination: String,
+    /// File holding the passphrase (or use `recipient`).
+    pub passphrase_file: String,
+    /// An age recipient key (`age1...`).
+    pub recipient: String,
+    /// Seconds between scheduled backups in `till node run` (0: none).
+    pub interval_s: u64,
+    /// Backups kept at the destination (0: all).
+    pub keep: u64,
 }
 
 /// When and how the till syncs.
@@ -129,6 +146,11 @@ impl Config {
             "sync.debounce_ms",
             "network.metered",
             "network.metered_lanes",
+            "backup.destination",
+            "backup.passphrase_file",
+            "backup.recipient",
+            "backup.interval_s",
+            "backup.keep",
         ]
     }
 
@@ -146,6 +168,11 @@ impl Config {
             "sync.debounce_ms" => s.debounce_ms.to_string(),
             "network.metered" => self.network.metered.clone(),
             "network.metered_lanes" => self.network.metered_lanes.join(","),
+            "backup.destination" => self.backup.destination.clone(),
+            "backup.passphrase_file" => self.backup.passphrase_file.clone(),
+            "backup.recipient" => self.backup.recipient.clone(),
+            "backup.interval_s" => self.backup.interval_s.to_string(),
+            "backup.keep" => self.backup.keep.to_string(),
             other => return Err(ConfigError::UnknownKey(other.into())),
         })
     }
@@ -169,6 +196,11 @@ impl Config {
                 self.network.metered_lanes =
                     value.split(',').map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect()
             }
+            "backup.destination" => self.backup.destination = value.trim().to_string(),
+            "backup.passphrase_file" => self.backup.passphrase_file = value.trim().to_string(),
+            "backup.recipient" => self.backup.recipient = value.trim().to_string(),
+            "backup.interval_s" => self.backup.interval_s = num()?,
+            "backup.keep" => self.backup.keep = num()?,
             other => return Err(ConfigError::UnknownKey(other.into())),
         }
         self.validate()
@@ -207,6 +239,12 @@ impl Config {
         }
         if !["auto", "yes", "no"].contains(&self.network.metered.as_str()) {
             return bad("network.metered", self.network.metered.clone(), "auto, yes or no");
+        }
+        if self.backup.interval_s != 0 && self.backup.interval_s < 60 {
+            return bad("backup.interval_s", self.backup.interval_s.to_string(), "0 (off) or at least 60 seconds");
+        }
+        if self.backup.interval_s != 0 && self.backup.destination.is_empty() {
+            return bad("backup.interval_s", self.backup.interval_s.to_string(), "set backup.destination first");
         }
         for l in &self.network.metered_lanes {
             if tillsync_core::Lane::parse(l).is_none() {

@@ -148,6 +148,9 @@ pub enum Command {
         #[command(flatten)]
         data: Data,
     },
+    /// Backups: create, list, verify, prune, restore (always encrypted).
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Device settings in DIR/till.toml.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -413,6 +416,72 @@ pub enum DevicesCmd {
         admin: AdminArgs,
         /// The device id.
         device: String,
+    },
+}
+
+/// How a backup is locked or unlocked.
+#[derive(Args, Debug, Clone, Default)]
+pub struct BackupKeyArgs {
+    /// File holding the passphrase.
+    #[arg(long)]
+    pub passphrase_file: Option<PathBuf>,
+    /// age recipient to encrypt to (create only).
+    #[arg(long)]
+    pub recipient: Option<String>,
+    /// age identity file to decrypt with (verify, restore).
+    #[arg(long)]
+    pub identity: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCmd {
+    /// Back up a till while it keeps selling.
+    Create {
+        #[command(flatten)]
+        data: Data,
+        /// A folder (default: backup.destination from the config).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+    },
+    /// List the backups at a destination, oldest first.
+    List {
+        #[arg(long)]
+        from: PathBuf,
+    },
+    /// Download, decrypt and check a backup (digests and SQLite integrity).
+    Verify {
+        #[arg(long)]
+        from: PathBuf,
+        /// Backup id (default: the newest).
+        id: Option<String>,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+    },
+    /// Keep only the newest N backups.
+    Prune {
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(long)]
+        keep: usize,
+    },
+    /// Rebuild a till from a backup into a new folder.
+    Restore {
+        #[arg(long)]
+        from: PathBuf,
+        /// Backup id (default: the newest).
+        id: Option<String>,
+        /// The new till folder (must not hold a till).
+        #[arg(long)]
+        into: PathBuf,
+        #[command(flatten)]
+        key: BackupKeyArgs,
+        /// Enrolment code: a till of a hub comes back as a new device.
+        #[arg(long)]
+        code: Option<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 

@@ -1,6 +1,7 @@
 //! `till`: the one command line of Tillsync, for tills (nodes), the hub and
 //! scripts. Every command that prints data takes `--json`.
 
+mod backup_cmd;
 mod cli;
 mod demo;
 mod hub_cmd;

@@ -451,6 +451,7 @@ pub fn run(args: Cli) -> Result<()> {
         }
         Command::Sync { data, force, full } => crate::sync_cmd::sync(&data.data, force, full, j),
         Command::Network { data } => crate::sync_cmd::network(&data.data, j),
+        Command::Backup(cmd) => crate::backup_cmd::run(cmd, j),
         Command::Config(cmd) => crate::sync_cmd::config(cmd, j),
         Command::Devices(cmd) => crate::sync_cmd::devices(cmd, j),
         Command::Quarantine(QuarantineCmd::List { data }) => {

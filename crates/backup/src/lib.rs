@@ -1,0 +1,466 @@
+//! Backups of a till: a consistent snapshot of the node database taken while
+//! the till keeps selling (`VACUUM INTO` on a read transaction), compressed
+//! with zstd and encrypted with age (a passphrase or a recipient key;
+//! encryption is not optional), streamed so memory does not grow with the
+//! database, with a manifest that records who, when, the sync position and
+//! the SHA-256 of both the plaintext and the stored object.
+//!
+//! A destination stores an object and its manifest; the object is written
+//! under a temporary name and published by renaming, and the manifest is
+//! written last, so a half-written backup is never listed.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use tillsync_core::change::hex;
+use uuid::Uuid;
+
+/// The manifest's format tag.
+pub const MANIFEST_FORMAT: &str = "tillsync-backup-v1";
+/// Object and manifest file extensions in a folder destination.
+pub const OBJECT_EXT: &str = "tsb";
+pub const MANIFEST_EXT: &str = "json";
+/// Copy buffer size, in bytes: memory stays flat whatever the database size.
+const BUF_LEN: usize = 256 * 1024;
+
+/// Errors of backups, said so that they can be acted on.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("{0}")]
+    Io(String),
+    #[error("cannot decrypt the backup: wrong passphrase or identity (or not a Tillsync backup)")]
+    Decrypt,
+    #[error("the backup is damaged: {0}")]
+    Damaged(String),
+    #[error("no backup '{0}' at this destination (see `till backup list`)")]
+    NotFound(String),
+    #[error("no backups at this destination")]
+    Empty,
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] tillsync_store::StoreError),
+}
+
+fn io(what: &str) -> impl Fn(io::Error) -> BackupError + '_ {
+    move |e| BackupError::Io(format!("{what}: {e}"))
+}
+
+/// What a backup holds, stored beside it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub backup_id: String,
+    pub created_ms: u64,
+    pub tenant_id: Uuid,
+    pub store_id: Uuid,
+    pub device_id: Uuid,
+    pub device_name: String,
+    /// `standalone` or `hub`.
+    pub mode: String,
+    pub receipt_prefix: String,
+    pub schema_version: i64,
+    /// Where the till was in the hub's log.
+    pub pull_cursor: u64,
+    pub plaintext_bytes: u64,
+    pub stored_bytes: u64,
+    pub plaintext_sha256: String,
+    pub stored_sha256: String,
+    /// `passphrase` or `recipient`.
+    pub encryption: String,
+}
+
+/// How a backup is encrypted.
+pub enum Key {
+    Passphrase(String),
+    /// An age recipient (`age1...`).
+    Recipient(String),
+}
+
+/// How a backup is decrypted.
+pub enum Unlock {
+    Passphrase(String),
+    /// An age identity file (`AGE-SECRET-KEY-...` lines).
+    IdentityFile(PathBuf),
+}
+
+/// Counts and hashes what passes through.
+struct Tee<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+struct TeeRead<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for TeeRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// A place that holds backups.
+pub trait Destination {
+    /// Stores an object from `object` (a file path) and then its manifest.
+    fn publish(&self, manifest: &Manifest, object: &Path) -> Result<(), BackupError>;
+    /// Every published backup, oldest first.
+    fn list(&self) -> Result<Vec<Manifest>, BackupError>;
+    /// Opens a backup's object for reading.
+    fn open(&self, backup_id: &str) -> Result<Box<dyn Read>, BackupError>;
+    /// Removes a backup (manifest first, so it is never listed half-gone).
+    fn remove(&self, backup_id: &str) -> Result<(), BackupError>;
+}
+
+/// A folder destination.
+pub struct Folder {
+    pub dir: PathBuf,
+}
+
+fn check_id(id: &str) -> Result<(), BackupError> {
+    if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(BackupError::NotFound(id.chars().take(100).collect()));
+    }
+    Ok(())
+}
+
+impl Destination for Folder {
+    fn publish(&self, manifest: &Manifest, object: &Path) -> Result<(), BackupError> {
+        std::fs::create_dir_all(&self.dir).map_err(io("cannot create the backup folder"))?;
+        let id = &manifest.backup_id;
+        let tmp = self.dir.join(format!(".{id}.{OBJECT_EXT}.partial"));
+        std::fs::copy(object, &tmp).map_err(io("cannot write the backup"))?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("cannot sync the backup"))?;
+        std::fs::rename(&tmp, self.dir.join(format!("{id}.{OBJECT_EXT}"))).map_err(io("cannot publish the backup"))?;
+        let mtmp = self.dir.join(format!(".{id}.{MANIFEST_EXT}.partial"));
+        let text = serde_json::to_vec_pretty(manifest).map_err(|e| BackupError::Io(e.to_string()))?;
+        std::fs::write(&mtmp, text).map_err(io("cannot write the manifest"))?;
+        std::fs::File::open(&mtmp).and_then(|f| f.sync_all()).map_err(io("cannot sync the manifest"))?;
+        std::fs::rename(&mtmp, self.dir.join(format!("{id}.{MANIFEST_EXT}")))
+            .map_err(io("cannot publish the manifest"))?;
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<Manifest>, BackupError> {
+        let mut out = vec![];
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(out);
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            // Partial files start with a dot: never listed.
+            if name.starts_with('.') || !name.ends_with(&format!(".{MANIFEST_EXT}")) {
+                continue;
+            }
+            let Ok(text) = std::fs::read(e.path()) else { continue };
+            let Ok(m) = serde_json::from_slice::<Manifest>(&text) else { continue };
+            if m.format == MANIFEST_FORMAT && self.dir.join(format!("{}.{OBJECT_EXT}", m.backup_id)).exists() {
+                out.push(m);
+            }
+        }
+        out.sort_by(|a, b| (a.created_ms, &a.backup_id).cmp(&(b.created_ms, &b.backup_id)));
+        Ok(out)
+    }
+
+    fn open(&self, backup_id: &str) -> Result<Box<dyn Read>, BackupError> {
+        check_id(backup_id)?;
+        let f = std::fs::File::open(self.dir.join(format!("{backup_id}.{OBJECT_EXT}")))
+            .map_err(|_| BackupError::NotFound(backup_id.into()))?;
+        Ok(Box::new(BufReader::with_capacity(BUF_LEN, f)))
+    }
+
+    fn remove(&self, backup_id: &str) -> Result<(), BackupError> {
+        check_id(backup_id)?;
+        std::fs::remove_file(self.dir.join(format!("{backup_id}.{MANIFEST_EXT}")))
+            .map_err(io("cannot remove the manifest"))?;
+        let _ = std::fs::remove_file(self.dir.join(format!("{backup_id}.{OBJECT_EXT}")));
+        Ok(())
+    }
+}
+
+fn encryptor(key: &Key) -> Result<age::Encryptor, BackupError> {
+    match key {
+        Key::Passphrase(p) => {
+            if p.len() < 8 {
+                return Err(BackupError::Invalid("a backup passphrase needs at least 8 characters".into()));
+            }
+            Ok(age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(p.clone())))
+        }
+        Key::Recipient(r) => {
+            let rec: age::x25519::Recipient = r
+                .trim()
+                .parse()
+                .map_err(|e| BackupError::Invalid(format!("'{r}' is not an age recipient (age1...): {e}")))?;
+            age::Encryptor::with_recipients(std::iter::once(&rec as &dyn age::Recipient))
+                .map_err(|e| BackupError::Invalid(e.to_string()))
+        }
+    }
+}
+
+/// Creates a backup of the till database at `db` into `dest`. `work` is a
+/// folder for the temporary snapshot and object (beside the till is best).
+pub fn create(
+    db: &Path,
+    dest: &dyn Destination,
+    key: &Key,
+    work: &Path,
+    now_ms: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| BackupError::Io(format!("cannot open {}: {e}", db.display())))?;
+    conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| BackupError::Io(e.to_string()))?;
+    let meta = |k: &str| -> Result<String, BackupError> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, String>(0))
+            .map_err(|e| BackupError::Io(format!("{} is not a till: {e}", db.display())))
+    };
+    let uuid = |k: &str| -> Result<Uuid, BackupError> {
+        Uuid::parse_str(&meta(k)?).map_err(|e| BackupError::Io(e.to_string()))
+    };
+    let backup_id = format!("{}-{}", now_ms, &meta("device_id")?.replace('-', "")[20..32]);
+    std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
+    let snap = work.join(format!(".{backup_id}.snapshot.db"));
+    let obj = work.join(format!(".{backup_id}.object"));
+    let _ = std::fs::remove_file(&snap);
+    // A consistent copy without holding the writer: VACUUM INTO reads one
+    // snapshot of the WAL database while sales keep committing.
+    conn.execute("VACUUM INTO ?1", [snap.display().to_string()])
+        .map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
+    let schema_version: i64 =
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| BackupError::Io(e.to_string()))?;
+    let manifest_base = Manifest {
+        format: MANIFEST_FORMAT.into(),
+        backup_id: backup_id.clone(),
+        created_ms: now_ms,
+        tenant_id: uuid("tenant_id")?,
+        store_id: uuid("store_id")?,
+        device_id: uuid("device_id")?,
+        device_name: meta("name")?,
+        mode: meta("mode")?,
+        receipt_prefix: meta("receipt_prefix")?,
+        schema_version,
+        pull_cursor: meta("pull_cursor").ok().and_then(|c| c.parse().ok()).unwrap_or(0),
+        plaintext_bytes: 0,
+        stored_bytes: 0,
+        plaintext_sha256: String::new(),
+        stored_sha256: String::new(),
+        encryption: match key {
+            Key::Passphrase(_) => "passphrase".into(),
+            Key::Recipient(_) => "recipient".into(),
+        },
+    };
+    drop(conn);
+    let result = (|| {
+        let total = std::fs::metadata(&snap).map_err(io("snapshot"))?.len();
+        let mut input = TeeRead {
+            inner: BufReader::with_capacity(BUF_LEN, std::fs::File::open(&snap).map_err(io("snapshot"))?),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        let out = std::fs::File::create(&obj).map_err(io("cannot write the object"))?;
+        let mut stored = Tee { inner: BufWriter::with_capacity(BUF_LEN, out), hasher: Sha256::new(), bytes: 0 };
+        {
+            let enc = encryptor(key)?.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
+            let mut z = zstd::stream::Encoder::new(enc, 3).map_err(io("cannot compress"))?;
+            let mut buf = vec![0u8; BUF_LEN];
+            loop {
+                let n = input.read(&mut buf).map_err(io("cannot read the snapshot"))?;
+                if n == 0 {
+                    break;
+                }
+                z.write_all(&buf[..n]).map_err(io("cannot compress"))?;
+                progress(input.bytes, total);
+            }
+            let enc = z.finish().map_err(io("cannot compress"))?;
+            enc.finish().map_err(io("cannot encrypt"))?;
+        }
+        stored.flush().map_err(io("cannot write the object"))?;
+        let mut m = manifest_base.clone();
+        m.plaintext_bytes = input.bytes;
+        m.plaintext_sha256 = hex(&input.hasher.finalize());
+        m.stored_bytes = stored.bytes;
+        m.stored_sha256 = hex(&stored.hasher.finalize());
+        dest.publish(&m, &obj)?;
+        Ok(m)
+    })();
+    let _ = std::fs::remove_file(&snap);
+    let _ = std::fs::remove_file(&obj);
+    result
+}
+
+/// Picks a backup: the given id, or the newest.
+pub fn pick(dest: &dyn Destination, id: Option<&str>) -> Result<Manifest, BackupError> {
+    let all = dest.list()?;
+    match id {
+        Some(id) => all.into_iter().find(|m| m.backup_id == id).ok_or_else(|| BackupError::NotFound(id.into())),
+        None => all.into_iter().next_back().ok_or(BackupError::Empty),
+    }
+}
+
+fn identities(unlock: &Unlock) -> Result<Vec<Box<dyn age::Identity>>, BackupError> {
+    match unlock {
+        Unlock::Passphrase(p) => {
+            Ok(vec![Box::new(age::scrypt::Identity::new(age::secrecy::SecretString::from(p.clone())))])
+        }
+        Unlock::IdentityFile(f) => {
+            let file = age::IdentityFile::from_file(f.display().to_string())
+                .map_err(|e| BackupError::Io(format!("cannot read the identity file {}: {e}", f.display())))?;
+            file.into_identities().map_err(|e| BackupError::Invalid(format!("bad identity file {}: {e}", f.display())))
+        }
+    }
+}
+
+/// Decrypts and decompresses a backup into `out`, checking both digests;
+/// returns the manifest. `out` is removed if anything fails.
+pub fn extract(
+    dest: &dyn Destination,
+    m: &Manifest,
+    unlock: &Unlock,
+    out: &Path,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<(), BackupError> {
+    let r = (|| {
+        let raw = dest.open(&m.backup_id)?;
+        let mut stored = TeeRead { inner: raw, hasher: Sha256::new(), bytes: 0 };
+        let ids = identities(unlock)?;
+        let plain_bytes;
+        let plain_hash;
+        {
+            let dec = age::Decryptor::new(&mut stored)
+                .map_err(|_| BackupError::Damaged("not an age-encrypted object".into()))?;
+            let reader = dec.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| match e {
+                age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BackupError::Decrypt,
+                other => BackupError::Damaged(other.to_string()),
+            })?;
+            let mut z = zstd::stream::Decoder::new(reader).map_err(|e| BackupError::Damaged(e.to_string()))?;
+            let f = std::fs::File::create(out).map_err(io("cannot write the restored database"))?;
+            let mut w = Tee { inner: BufWriter::with_capacity(BUF_LEN, f), hasher: Sha256::new(), bytes: 0 };
+            let mut buf = vec![0u8; BUF_LEN];
+            loop {
+                let n = z.read(&mut buf).map_err(|e| {
+                    BackupError::Damaged(format!("the object does not decrypt or decompress to the end ({e})"))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                w.write_all(&buf[..n]).map_err(io("cannot write the restored database"))?;
+                progress(w.bytes, m.plaintext_bytes);
+            }
+            w.flush().map_err(io("cannot write the restored database"))?;
+            w.inner.get_ref().sync_all().map_err(io("cannot sync"))?;
+            plain_bytes = w.bytes;
+            plain_hash = hex(&w.hasher.clone().finalize());
+        }
+        // Drain what is left so the stored digest covers the whole object.
+        io::copy(&mut stored, &mut io::sink()).map_err(io("cannot read the object"))?;
+        let stored_hash = hex(&stored.hasher.finalize());
+        if stored_hash != m.stored_sha256 || stored.bytes != m.stored_bytes {
+            return Err(BackupError::Damaged(format!(
+                "the stored object's SHA-256 is {stored_hash}, the manifest says {} ({} bytes read, {} expected)",
+                m.stored_sha256, stored.bytes, m.stored_bytes
+            )));
+        }
+        if plain_hash != m.plaintext_sha256 || plain_bytes != m.plaintext_bytes {
+            return Err(BackupError::Damaged("the decrypted database does not match the manifest's SHA-256".into()));
+        }
+        Ok(())
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(out);
+    }
+    r
+}
+
+/// What verify found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verified {
+    pub backup_id: String,
+    pub plaintext_sha256: String,
+    pub stored_sha256: String,
+    pub integrity: String,
+    pub sales: i64,
+}
+
+/// Downloads, decrypts and checks a backup: both digests and SQLite's
+/// `PRAGMA integrity_check`.
+pub fn verify(dest: &dyn Destination, id: Option<&str>, unlock: &Unlock, work: &Path) -> Result<Verified, BackupError> {
+    let m = pick(dest, id)?;
+    std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
+    let tmp = work.join(format!(".{}.verify.db", m.backup_id));
+    extract(dest, &m, unlock, &tmp, |_, _| {})?;
+    let r = (|| {
+        let conn = rusqlite::Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| BackupError::Damaged(e.to_string()))?;
+        let integrity: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| BackupError::Damaged(e.to_string()))?;
+        if integrity != "ok" {
+            return Err(BackupError::Damaged(format!("integrity check: {integrity}")));
+        }
+        let sales: i64 = conn
+            .query_row("SELECT count(*) FROM ledger WHERE tbl = 'sales'", [], |r| r.get(0))
+            .map_err(|e| BackupError::Damaged(e.to_string()))?;
+        Ok(Verified {
+            backup_id: m.backup_id.clone(),
+            plaintext_sha256: m.plaintext_sha256.clone(),
+            stored_sha256: m.stored_sha256.clone(),
+            integrity,
+            sales,
+        })
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    r
+}
+
+/// Keeps the newest `keep` backups; returns the ids removed.
+pub fn prune(dest: &dyn Destination, keep: usize) -> Result<Vec<String>, BackupError> {
+    let all = dest.list()?;
+    let n = all.len().saturating_sub(keep);
+    let mut removed = vec![];
+    for m in all.into_iter().take(n) {
+        dest.remove(&m.backup_id)?;
+        removed.push(m.backup_id);
+    }
+    Ok(removed)
+}
+
+/// Restores a backup into a new till folder (refused if it holds a till).
+/// Returns the manifest; a hub till must then re-enrol as a new device (the
+/// caller does that: the device token is never in a backup).
+pub fn restore_files(
+    dest: &dyn Destination,
+    id: Option<&str>,
+    unlock: &Unlock,
+    into: &Path,
+    progress: impl FnMut(u64, u64),
+) -> Result<Manifest, BackupError> {
+    if into.join(tillsync_store::DB_FILE).exists() {
+        return Err(BackupError::Invalid(format!(
+            "{} already holds a till: restore into a new folder",
+            into.display()
+        )));
+    }
+    let m = pick(dest, id)?;
+    std::fs::create_dir_all(into).map_err(io("cannot create the folder"))?;
+    extract(dest, &m, unlock, &into.join(tillsync_store::DB_FILE), progress)?;
+    Ok(m)
+}
