@@ -238,6 +238,15 @@ pub fn create(
     };
     let backup_id = format!("{}-{}", now_ms, &meta("device_id")?.replace('-', "")[20..32]);
     std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
+    // Leftovers of a backup that was killed half-way are removed first.
+    if let Ok(entries) = std::fs::read_dir(work) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().to_string();
+            if n.starts_with('.') && (n.ends_with(".snapshot.db") || n.ends_with(".object")) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
     let snap = work.join(format!(".{backup_id}.snapshot.db"));
     let obj = work.join(format!(".{backup_id}.object"));
     let _ = std::fs::remove_file(&snap);

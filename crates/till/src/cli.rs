@@ -185,6 +185,9 @@ pub enum Command {
         /// How many sales (0: until killed).
         #[arg(long, default_value_t = 0)]
         count: u64,
+        /// Print each sale's commit time in microseconds after its receipt.
+        #[arg(long)]
+        latency: bool,
     },
 }
 

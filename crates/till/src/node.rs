@@ -382,7 +382,7 @@ pub fn run(args: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::SellLoop { data, count } => sell_loop(&data.data, count),
+        Command::SellLoop { data, count, latency } => sell_loop(&data.data, count, latency),
         Command::Node(NodeCmd::Attach { data, hub, code, tls }) => {
             crate::sync_cmd::attach(&data.data, &hub, &code, &tls, j)
         }
@@ -764,7 +764,7 @@ fn sales(cmd: SalesCmd, j: bool) -> Result<()> {
 
 /// Sells one espresso at a time, printing each receipt after its commit
 /// returned: a receipt on stdout is a promise that the sale is durable.
-fn sell_loop(dir: &Path, count: u64) -> Result<()> {
+fn sell_loop(dir: &Path, count: u64, latency: bool) -> Result<()> {
     use std::io::Write as _;
     let mut store = open(dir)?;
     let sku = store.products()?.into_iter().next().map(|p| p.sku).ok_or_else(|| anyhow!("the till has no products"))?;
@@ -776,9 +776,15 @@ fn sell_loop(dir: &Path, count: u64) -> Result<()> {
             payments: vec![PaymentInput { method: Method::Cash, amount_minor: None, brand: None, last4: None }],
             ..Default::default()
         };
+        let started = std::time::Instant::now();
         let out = store.sell(now_ms(), &req)?;
+        let took = started.elapsed().as_micros();
         let mut lock = stdout.lock();
-        writeln!(lock, "{}", out.receipt)?;
+        if latency {
+            writeln!(lock, "{} {took}", out.receipt)?;
+        } else {
+            writeln!(lock, "{}", out.receipt)?;
+        }
         lock.flush()?;
         n += 1;
     }

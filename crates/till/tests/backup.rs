@@ -1,0 +1,358 @@
+//! Backups with the real binary: round trip, damage, keys, SIGKILL during a
+//! backup, a backup beside a selling process, and restore-then-sync on a hub.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_till");
+
+fn till(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).stdin(Stdio::null()).output().expect("run till")
+}
+
+fn ok(args: &[&str]) -> Value {
+    let o = till(args);
+    assert!(o.status.success(), "till {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = till(args);
+    assert!(!o.status.success(), "till {args:?} should fail");
+    let e = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(e.starts_with("error:") && e.trim().lines().count() == 1, "one-line error: {e}");
+    e
+}
+
+fn p(x: &Path) -> &str {
+    x.to_str().unwrap()
+}
+
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sample_till(dir: &Path) {
+    ok(&["node", "init", "--data", p(dir), "--offline", "--sample", "--json"]);
+}
+
+fn digest(dir: &Path) -> String {
+    ok(&["status", "--data", p(dir), "--json"])["state_digest"].as_str().unwrap().to_string()
+}
+
+fn pass(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let f = dir.join(name);
+    std::fs::write(&f, format!("{text}\n")).unwrap();
+    f
+}
+
+fn only_object(backups: &Path) -> PathBuf {
+    std::fs::read_dir(backups)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tsb"))
+        .expect("an object")
+}
+
+#[test]
+fn round_trip_and_every_kind_of_damage_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
+    sample_till(&t);
+    for _ in 0..3 {
+        ok(&["sale", "--data", p(&t), "--item", "LATTE:2", "--pay", "cash", "--json"]);
+    }
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    // Encryption is not optional.
+    let e = fails(&["backup", "create", "--data", p(&t), "--to", p(&b)]);
+    assert!(e.contains("--passphrase-file"), "{e}");
+    let m = ok(&["backup", "create", "--data", p(&t), "--to", p(&b), "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(m["format"], "tillsync-backup-v1");
+    assert_eq!(m["mode"], "standalone");
+    assert_eq!(m["plaintext_sha256"].as_str().unwrap().len(), 64);
+    assert!(m["stored_bytes"].as_u64().unwrap() < m["plaintext_bytes"].as_u64().unwrap(), "compressed");
+    let obj = only_object(&b);
+    let raw = std::fs::read(&obj).unwrap();
+    assert!(raw.starts_with(b"age-encryption.org/v1"), "age-encrypted");
+    assert!(!raw.windows(7).any(|w| w == b"Caffe l"), "no plaintext product name in the object");
+    let list = ok(&["backup", "list", "--from", p(&b), "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let v = ok(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(v["integrity"], "ok");
+    assert_eq!(v["sales"], 3);
+    // Restore: the same digest; restoring over a till is refused.
+    let r = tmp.path().join("restored");
+    ok(&["backup", "restore", "--from", p(&b), "--into", p(&r), "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(digest(&r), digest(&t));
+    let e = fails(&["backup", "restore", "--from", p(&b), "--into", p(&t), "--passphrase-file", p(&pw)]);
+    assert!(e.contains("already holds a till"), "{e}");
+    // A wrong passphrase.
+    let bad = pass(tmp.path(), "bad", "not the passphrase at all");
+    let e = fails(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&bad)]);
+    assert!(e.contains("wrong passphrase"), "{e}");
+    // A flipped byte in the stored object (past the header).
+    let mut flipped = raw.clone();
+    let i = flipped.len() - 100;
+    flipped[i] ^= 0x40;
+    std::fs::write(&obj, &flipped).unwrap();
+    let e = fails(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw)]);
+    assert!(e.contains("damaged"), "{e}");
+    // A truncated object.
+    std::fs::write(&obj, &raw[..raw.len() / 2]).unwrap();
+    let e = fails(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw)]);
+    assert!(e.contains("damaged"), "{e}");
+    // A restore from a damaged object leaves nothing behind.
+    let r2 = tmp.path().join("restored2");
+    fails(&["backup", "restore", "--from", p(&b), "--into", p(&r2), "--passphrase-file", p(&pw)]);
+    assert!(!r2.join("till.db").exists());
+    std::fs::write(&obj, &raw).unwrap();
+    ok(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw), "--json"]);
+}
+
+#[test]
+fn recipient_keys_and_retention() {
+    use age::secrecy::ExposeSecret;
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
+    sample_till(&t);
+    let id = age::x25519::Identity::generate();
+    let idf = tmp.path().join("id.txt");
+    std::fs::write(&idf, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    let recipient = id.to_public().to_string();
+    let mut ids = vec![];
+    for i in 0..3 {
+        ok(&["sale", "--data", p(&t), "--item", "COOKIE", "--pay", "cash", "--json"]);
+        let m = ok(&["backup", "create", "--data", p(&t), "--to", p(&b), "--recipient", &recipient, "--json"]);
+        assert_eq!(m["encryption"], "recipient");
+        ids.push(m["backup_id"].as_str().unwrap().to_string());
+        if i < 2 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let v = ok(&["backup", "verify", "--from", p(&b), "--identity", p(&idf), "--json"]);
+    assert_eq!(v["backup_id"], ids[2].as_str(), "the newest by default");
+    assert_eq!(v["sales"], 3);
+    let v = ok(&["backup", "verify", "--from", p(&b), &ids[0], "--identity", p(&idf), "--json"]);
+    assert_eq!(v["sales"], 1);
+    let other = age::x25519::Identity::generate();
+    let of = tmp.path().join("other.txt");
+    std::fs::write(&of, format!("{}\n", other.to_string().expose_secret())).unwrap();
+    let e = fails(&["backup", "verify", "--from", p(&b), "--identity", p(&of)]);
+    assert!(e.contains("wrong passphrase or identity"), "{e}");
+    let r = ok(&["backup", "prune", "--from", p(&b), "--keep", "1", "--json"]);
+    assert_eq!(r["removed"].as_array().unwrap().len(), 2);
+    let list = ok(&["backup", "list", "--from", p(&b), "--json"]);
+    let left: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["backup_id"].as_str().unwrap()).collect();
+    assert_eq!(left, [ids[2].as_str()]);
+    fails(&["backup", "prune", "--from", p(&b), "--keep", "0"]);
+}
+
+#[test]
+fn a_backup_killed_half_way_is_never_listed_and_the_next_one_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
+    sample_till(&t);
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for round in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = 20 + seed % 900;
+        let mut child = Command::new(BIN)
+            .args(["backup", "create", "--data", p(&t), "--to", p(&b), "--passphrase-file", p(&pw), "--json"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let listed = ok(&["backup", "list", "--from", p(&b), "--json"]);
+        for m in listed.as_array().unwrap() {
+            // Whatever is listed is whole.
+            let v = ok(&[
+                "backup",
+                "verify",
+                "--from",
+                p(&b),
+                m["backup_id"].as_str().unwrap(),
+                "--passphrase-file",
+                p(&pw),
+                "--json",
+            ]);
+            assert_eq!(v["integrity"], "ok", "round {round} (killed after {delay} ms, {status:?})");
+        }
+    }
+    let before = ok(&["backup", "list", "--from", p(&b), "--json"]).as_array().unwrap().len();
+    ok(&["backup", "create", "--data", p(&t), "--to", p(&b), "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(ok(&["backup", "list", "--from", p(&b), "--json"]).as_array().unwrap().len(), before + 1);
+    let leftovers: Vec<String> = std::fs::read_dir(&t)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.ends_with(".snapshot.db") || n.ends_with(".object"))
+        .collect();
+    assert!(leftovers.is_empty(), "a new backup clears a killed one's work files: {leftovers:?}");
+}
+
+#[test]
+fn a_backup_beside_a_selling_process_is_consistent_and_does_not_stall_sales() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
+    sample_till(&t);
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    let mut child = Command::new(BIN)
+        .args(["sell-loop", "--data", p(&t), "--count", "400", "--latency"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let reader = std::thread::spawn(move || out.lines().map_while(Result::ok).collect::<Vec<String>>());
+    let _bg = Bg(child);
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let m = ok(&["backup", "create", "--data", p(&t), "--to", p(&b), "--passphrase-file", p(&pw), "--json"]);
+    let took = started.elapsed();
+    let lines = reader.join().unwrap();
+    assert_eq!(lines.len(), 400, "the seller finished");
+    let worst_us: u64 =
+        lines.iter().map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()).max().unwrap();
+    assert!(worst_us < 100_000, "a sale waited {worst_us} us during a {took:?} backup");
+    let v = ok(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(v["integrity"], "ok");
+    let n = v["sales"].as_u64().unwrap();
+    assert!(n <= 400, "{n}");
+    assert_eq!(m["backup_id"], v["backup_id"]);
+}
+
+struct Hub {
+    _child: Bg,
+    url: String,
+    dir: PathBuf,
+    tenant: String,
+    store: String,
+}
+
+impl Hub {
+    fn start(dir: &Path) -> Hub {
+        let t = ok(&["hub", "tenant", "create", "Cafe", "--sample", "--data", p(dir), "--json"]);
+        let tenant = t["tenant_id"].as_str().unwrap().to_string();
+        let s = ok(&["hub", "store", "create", "--tenant", &tenant, "Main", "--data", p(dir), "--json"]);
+        let mut child = Command::new(BIN)
+            .args(["hub", "serve", "--data", p(dir), "--listen", "127.0.0.1:0", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = serde_json::from_str::<Value>(&line).unwrap()["url"].as_str().unwrap().to_string();
+        Hub {
+            _child: Bg(child),
+            url,
+            dir: dir.to_path_buf(),
+            tenant,
+            store: s["store_id"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn code(&self) -> String {
+        ok(&["hub", "enrol", "--tenant", &self.tenant, "--store", &self.store, "--data", p(&self.dir), "--json"])["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn digest(&self) -> String {
+        ok(&["hub", "digest", "--tenant", &self.tenant, "--store", &self.store, "--data", p(&self.dir), "--json"])["state_digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+fn sale_ids(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = ok(&["sales", "list", "--data", p(dir), "--json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sale_id"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_till_restored_from_an_older_backup_loses_and_doubles_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"));
+    let (a, b, bk) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("backups"));
+    ok(&["node", "init", "--data", p(&a), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    ok(&["node", "init", "--data", p(&b), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    let sell = |d: &Path| {
+        ok(&["sale", "--data", p(d), "--item", "ESPRESSO", "--pay", "cash", "--json"])["sale_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let mut sold = vec![sell(&a), sell(&a)];
+    ok(&["sync", "--data", p(&a), "--json"]);
+    // One sale is still unsynced when the backup is taken.
+    sold.push(sell(&a));
+    ok(&["backup", "create", "--data", p(&a), "--to", p(&bk), "--passphrase-file", p(&pw), "--json"]);
+    // The till goes on: it syncs that sale and sells more, then dies.
+    sold.push(sell(&a));
+    ok(&["sync", "--data", p(&a), "--json"]);
+    let old_device = ok(&["status", "--data", p(&a), "--json"])["device_id"].as_str().unwrap().to_string();
+    let old_prefix = ok(&["status", "--data", p(&a), "--json"])["receipt_prefix"].as_str().unwrap().to_string();
+    std::fs::remove_dir_all(&a).unwrap();
+    // Without a code, a hub till cannot come back.
+    let r = tmp.path().join("restored");
+    let e = fails(&["backup", "restore", "--from", p(&bk), "--into", p(&r), "--passphrase-file", p(&pw)]);
+    assert!(e.contains("--code"), "{e}");
+    let out = ok(&[
+        "backup",
+        "restore",
+        "--from",
+        p(&bk),
+        "--into",
+        p(&r),
+        "--passphrase-file",
+        p(&pw),
+        "--code",
+        &hub.code(),
+        "--json",
+    ]);
+    assert_ne!(out["device_id"].as_str().unwrap(), old_device, "a new device");
+    assert_ne!(out["receipt_prefix"].as_str().unwrap(), old_prefix, "a new receipt prefix");
+    assert!(
+        !r.join("device.token").exists()
+            || std::fs::read_to_string(r.join("device.token")).unwrap().starts_with("tsd_")
+    );
+    // It sells on with its own receipts and sequences.
+    let new_sale = ok(&["sale", "--data", p(&r), "--item", "ESPRESSO", "--pay", "cash", "--json"]);
+    assert!(new_sale["receipt"].as_str().unwrap().starts_with(out["receipt_prefix"].as_str().unwrap()));
+    sold.push(new_sale["sale_id"].as_str().unwrap().to_string());
+    for _ in 0..2 {
+        ok(&["sync", "--data", p(&r), "--json"]);
+        ok(&["sync", "--data", p(&b), "--json"]);
+    }
+    sold.sort();
+    assert_eq!(sale_ids(&b), sold, "every sale once on the other till");
+    assert_eq!(sale_ids(&r), sold, "and on the restored till");
+    let d = hub.digest();
+    assert_eq!(digest(&b), d);
+    assert_eq!(digest(&r), d);
+}
