@@ -240,8 +240,8 @@ impl Config {
         if !["auto", "yes", "no"].contains(&self.network.metered.as_str()) {
             return bad("network.metered", self.network.metered.clone(), "auto, yes or no");
         }
-        if self.backup.interval_s != 0 && self.backup.interval_s < 60 {
-            return bad("backup.interval_s", self.backup.interval_s.to_string(), "0 (off) or at least 60 seconds");
+        if self.backup.interval_s != 0 && self.backup.interval_s < 5 {
+            return bad("backup.interval_s", self.backup.interval_s.to_string(), "0 (off) or at least 5 seconds");
         }
         if self.backup.interval_s != 0 && self.backup.destination.is_empty() {
             return bad("backup.interval_s", self.backup.interval_s.to_string(), "set backup.destination first");

@@ -97,6 +97,8 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     o.insert("failures".into(), json!(failures));
     o.insert("bytes_sent".into(), Value::Object(bytes));
     o.insert("bytes_received".into(), json!(meta_u64(store, "bytes_received")?));
+    o.insert("last_backup_at".into(), json!(store.get_meta("last_backup_at")?.and_then(|v| v.parse::<u64>().ok())));
+    o.insert("last_backup_error".into(), json!(store.get_meta("last_backup_error")?.filter(|e| !e.is_empty())));
     Ok(v)
 }
 

@@ -198,6 +198,7 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
             println!("{}", json!({"api": format!("http://{}", listener.local_addr()?)}));
         }
         let api = tokio::spawn(async move { axum::serve(listener, tillsync_node::api::router(api_state)).await });
+        let backups = (config.backup.interval_s > 0).then(|| tokio::spawn(scheduled_backups(dir.to_path_buf(), config.clone())));
         let stop = async move {
             if exit_after_s > 0 {
                 tokio::time::sleep(std::time::Duration::from_secs(exit_after_s)).await;
@@ -214,6 +215,9 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
         })
         .await;
         api.abort();
+        if let Some(b) = backups {
+            b.abort();
+        }
         anyhow::Ok(())
     })?;
     Ok(())
@@ -247,4 +251,45 @@ pub fn devices(cmd: DevicesCmd, j: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Scheduled backups of `till node run`: every `backup.interval_s`, to
+/// `backup.destination`, keeping `backup.keep`; the outcome goes into the
+/// till's status (`last_backup_at`, `last_backup_error`).
+async fn scheduled_backups(dir: std::path::PathBuf, config: Config) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(config.backup.interval_s));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (dir2, config2) = (dir.clone(), config.clone());
+        let r = tokio::task::spawn_blocking(move || -> Result<String> {
+            let key = crate::backup_cmd::key_for(&crate::cli::BackupKeyArgs::default(), Some(&config2))?;
+            let to = std::path::PathBuf::from(&config2.backup.destination);
+            let m = crate::backup_cmd::create_backup(&dir2, &to, &key, false)?;
+            if config2.backup.keep > 0 {
+                tillsync_backup::prune(&tillsync_backup::Folder { dir: to }, config2.backup.keep as usize)?;
+            }
+            Ok(m.backup_id)
+        })
+        .await;
+        let outcome = match r {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Ok(store) = open(&dir) {
+            match &outcome {
+                Ok(id) => {
+                    tracing::info!(backup = id.as_str(), "scheduled backup written");
+                    let _ = store.set_meta("last_backup_at", &now_ms().to_string());
+                    let _ = store.set_meta("last_backup_id", id);
+                    let _ = store.set_meta("last_backup_error", "");
+                }
+                Err(e) => {
+                    tracing::warn!(error = e.as_str(), "scheduled backup failed");
+                    let _ = store.set_meta("last_backup_error", e);
+                }
+            }
+        }
+    }
 }

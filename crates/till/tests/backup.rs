@@ -356,3 +356,45 @@ fn a_till_restored_from_an_older_backup_loses_and_doubles_nothing() {
     assert_eq!(digest(&b), d);
     assert_eq!(digest(&r), d);
 }
+
+#[test]
+fn scheduled_backups_run_in_node_run_and_show_in_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"));
+    let (a, bk) = (tmp.path().join("a"), tmp.path().join("backups"));
+    ok(&["node", "init", "--data", p(&a), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    // A schedule needs a destination first.
+    let o = till(&["config", "set", "--data", p(&a), "backup.interval_s", "5"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("backup.destination"));
+    ok(&["config", "set", "--data", p(&a), "backup.destination", p(&bk), "--json"]);
+    ok(&["config", "set", "--data", p(&a), "backup.passphrase_file", p(&pw), "--json"]);
+    ok(&["config", "set", "--data", p(&a), "backup.keep", "1", "--json"]);
+    ok(&["config", "set", "--data", p(&a), "backup.interval_s", "5", "--json"]);
+    let st = ok(&["status", "--data", p(&a), "--json"]);
+    assert!(st["last_backup_at"].is_null(), "{st}");
+    let child = Command::new(BIN)
+        .args(["node", "run", "--data", p(&a), "--ui", "127.0.0.1:0", "--exit-after", "13", "--json"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _bg = Bg(child);
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while Instant::now() < end {
+        let list = ok(&["backup", "list", "--from", p(&bk), "--json"]);
+        let st = ok(&["status", "--data", p(&a), "--json"]);
+        if st["last_backup_at"].is_u64() {
+            assert!(st["last_backup_error"].is_null(), "{st}");
+            assert!(list.as_array().unwrap().len() <= 1, "retention keeps one");
+            seen += 1;
+            if seen >= 2 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(seen >= 1, "no scheduled backup within the time");
+    ok(&["backup", "verify", "--from", p(&bk), "--passphrase-file", p(&pw), "--json"]);
+}
