@@ -172,17 +172,24 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
     if let Some(i) = interval_s {
         config.sync.interval_s = i.max(1);
     }
-    let client = client_for(dir, &store)?;
+    // A standalone till runs too: its local API and scheduled backups.
+    let client = if store.get_meta("hub_url")?.is_some() { Some(client_for(dir, &store)?) } else { None };
     let rt = runtime()?;
     let (asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(4);
     let api_addr = ui.unwrap_or(tillsync_node::api::DEFAULT_ADDR).to_string();
     if !j {
-        println!(
-            "till {} syncing with {} (every {} s, on local writes and live events); status on http://{api_addr}/api/status; Ctrl-C stops it",
-            store.identity().name,
-            client.base(),
-            config.sync.interval_s
-        );
+        match &client {
+            Some(c) => println!(
+                "till {} syncing with {} (every {} s, on local writes and live events); status on http://{api_addr}/api/status; Ctrl-C stops it",
+                store.identity().name,
+                c.base(),
+                config.sync.interval_s
+            ),
+            None => println!(
+                "standalone till {}: no hub to sync with; status on http://{api_addr}/api/status; Ctrl-C stops it",
+                store.identity().name
+            ),
+        }
     }
     rt.block_on(async {
         let api_state = tillsync_node::api::ApiState {
@@ -206,6 +213,15 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
                 tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
             }
+        };
+        let Some(client) = client else {
+            drop(asked_rx);
+            stop.await;
+            api.abort();
+            if let Some(b) = backups {
+                b.abort();
+            }
+            return anyhow::Ok(());
         };
         tillsync_node::run::run(&mut store, client, config, now_ms, stop, asked_rx, |t, r| match r {
             Ok(rep) if j => println!("{}", json!({"trigger": format!("{t:?}"), "pushed": rep.pushed, "pulled": rep.pulled, "conflicts": rep.conflicts})),
