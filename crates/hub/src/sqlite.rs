@@ -335,17 +335,29 @@ fn insert_log(
 }
 
 /// Why a pushed change cannot be applied (it is quarantined instead).
-fn validate(schema: &Schema, dev: &DeviceAuth, ops: &[Op]) -> Result<(), String> {
+/// Why a pushed change cannot be applied (it is quarantined instead).
+/// `relayed` gives the store of each other device of the tenant named as an
+/// origin: a till may relay another till's changes (imported pending
+/// changes, a restored till), unchanged, within its own store.
+fn validate(
+    schema: &Schema,
+    dev: &DeviceAuth,
+    ops: &[Op],
+    relayed: &std::collections::HashMap<Uuid, Uuid>,
+) -> Result<(), String> {
+    let hub_device = SqliteHub::hub_device(dev.tenant_id);
     for op in ops {
         op.check(schema).map_err(|e| e.to_string())?;
         match op {
-            Op::Write(w) if w.id.device != dev.device_id => {
-                return Err("a write claims another device as its origin".into());
-            }
-            Op::Insert(r) if r.device != dev.device_id => {
-                return Err("a ledger row claims another device as its origin".into());
+            Op::Write(w)
+                if w.id.device != dev.device_id && w.id.device != hub_device && !relayed.contains_key(&w.id.device) =>
+            {
+                return Err("a write claims a device of another tenant as its origin".into());
             }
             Op::Insert(r) => {
+                if r.device != dev.device_id && relayed.get(&r.device) != Some(&dev.store_id) {
+                    return Err("a ledger row claims a device of another store as its origin".into());
+                }
                 let t = schema.table(&r.table).map_err(|e| e.to_string())?;
                 if t.kind == Kind::Ledger && t.scope == Scope::Store && r.store != dev.store_id {
                     return Err("a ledger row names another store".into());
@@ -559,6 +571,42 @@ impl HubStorage for SqliteHub {
             [dev.tenant_id.to_string()],
             |r| r.get(0),
         )?;
+        // Other devices named as origins, looked up before the tenant lock.
+        let mut relayed: std::collections::HashMap<Uuid, Uuid> = std::collections::HashMap::new();
+        {
+            let mut others: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+            for c in &req.changes {
+                for op in &c.ops {
+                    match op {
+                        WireOp::Insert { device, .. } if *device != dev.device_id => {
+                            others.insert(device.to_string());
+                        }
+                        WireOp::Write { id, .. } => {
+                            if let Some((_, d)) = id.split_once('-')
+                                && let Ok(u) = Uuid::try_parse(d)
+                                && u != dev.device_id
+                            {
+                                others.insert(u.to_string());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !others.is_empty() {
+                let c = self.control.lock().expect("control");
+                let mut st = c.prepare_cached("SELECT store FROM devices WHERE id = ?1 AND tenant = ?2")?;
+                for o in others.iter().take(1_000) {
+                    let store: Option<String> =
+                        st.query_row(params![o, dev.tenant_id.to_string()], |r| r.get(0)).optional()?;
+                    if let (Some(s), Ok(id)) = (store, Uuid::parse_str(o))
+                        && let Ok(s) = Uuid::parse_str(&s)
+                    {
+                        relayed.insert(id, s);
+                    }
+                }
+            }
+        }
         let t = self.tenant(dev.tenant_id)?;
         let mut store = t.lock().expect("tenant");
         let mut by_lane: BTreeMap<Lane, Vec<&tillsync_core::wire::WireChange>> = BTreeMap::new();
@@ -606,7 +654,7 @@ impl HubStorage for SqliteHub {
                                 .execute(params![device, lane.as_str(), wc.seq as i64, wc.digest])?;
                             let change = wc.to_change(dev.device_id);
                             let verdict = match &change {
-                                Ok(c) => validate(&schema, dev, &c.ops),
+                                Ok(c) => validate(&schema, dev, &c.ops, &relayed),
                                 Err(e) => Err(e.to_string()),
                             };
                             match verdict {

@@ -54,6 +54,8 @@ pub struct SyncConfig {
     pub probe_timeout_ms: u64,
     /// Wait after a local write before syncing, to batch bursts.
     pub debounce_ms: u64,
+    /// Longest one request to the hub may take.
+    pub request_timeout_ms: u64,
 }
 
 /// What the network may be used for.
@@ -77,6 +79,7 @@ impl Default for SyncConfig {
             probe_interval_ms: 2_000,
             probe_timeout_ms: 2_000,
             debounce_ms: 200,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -144,6 +147,7 @@ impl Config {
             "sync.probe_interval_ms",
             "sync.probe_timeout_ms",
             "sync.debounce_ms",
+            "sync.request_timeout_ms",
             "network.metered",
             "network.metered_lanes",
             "backup.destination",
@@ -166,6 +170,7 @@ impl Config {
             "sync.probe_interval_ms" => s.probe_interval_ms.to_string(),
             "sync.probe_timeout_ms" => s.probe_timeout_ms.to_string(),
             "sync.debounce_ms" => s.debounce_ms.to_string(),
+            "sync.request_timeout_ms" => s.request_timeout_ms.to_string(),
             "network.metered" => self.network.metered.clone(),
             "network.metered_lanes" => self.network.metered_lanes.join(","),
             "backup.destination" => self.backup.destination.clone(),
@@ -191,6 +196,7 @@ impl Config {
             "sync.probe_interval_ms" => s.probe_interval_ms = num()?,
             "sync.probe_timeout_ms" => s.probe_timeout_ms = num()?,
             "sync.debounce_ms" => s.debounce_ms = num()?,
+            "sync.request_timeout_ms" => s.request_timeout_ms = num()?,
             "network.metered" => self.network.metered = value.trim().to_string(),
             "network.metered_lanes" => {
                 self.network.metered_lanes =
@@ -233,6 +239,9 @@ impl Config {
                 s.probe_interval_ms.to_string(),
                 "probe interval 100 ms..10 min, timeout 100 ms..60 s",
             );
+        }
+        if !(500..=600_000).contains(&s.request_timeout_ms) {
+            return bad("sync.request_timeout_ms", s.request_timeout_ms.to_string(), "between 500 ms and 10 min");
         }
         if s.debounce_ms > 60_000 {
             return bad("sync.debounce_ms", s.debounce_ms.to_string(), "at most 60000");

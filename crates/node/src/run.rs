@@ -176,6 +176,8 @@ pub async fn run(
             }
         }
         last_pending = pending(store);
+        // The timer counts from the last round, so start-up does not run two.
+        timer.reset();
         on_round(trigger, &r);
     }
     let _ = store.set_meta("node_running", "0");

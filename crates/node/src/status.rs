@@ -49,7 +49,10 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     let stalled = failures >= config.sync.retry_limit as u64;
     let lane_error =
         s.last_error.as_deref().is_some_and(|e| !e.is_empty()) && reachable != Some(false) && !stalled && failures == 0;
-    let running = store.get_meta("sync_running")?.as_deref() == Some("1");
+    let running = store
+        .get_meta("sync_running")?
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists());
     let pending_total = s.pending_total;
     let st = state(standalone, s.hub_status == "revoked", stalled, lane_error, reachable, running, pending_total);
     let progress = store.get_meta("progress")?.filter(|p| !p.is_empty() && running).and_then(|p| {

@@ -113,7 +113,7 @@ pub fn client_for(dir: &Path, store: &Store) -> Result<HubClient, SyncError> {
     let opts = ClientOptions {
         ca_file: store.get_meta("hub_ca_file")?.map(PathBuf::from),
         insecure: store.get_meta("hub_insecure")?.as_deref() == Some("true"),
-        timeout_ms: 30_000,
+        timeout_ms: crate::config::Config::load(dir).map(|c| c.sync.request_timeout_ms).unwrap_or(30_000),
     };
     HubClient::new(&url, Some(load_token(dir)?), &opts)
 }
@@ -210,7 +210,9 @@ pub async fn sync_with(
     opts: &SyncOptions,
 ) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
-    store.set_meta("sync_running", "1")?;
+    // The running round names its process, so a round killed half-way is
+    // not shown as still syncing.
+    store.set_meta("sync_running", &std::process::id().to_string())?;
     let result = round(store, client, &now_ms, &mut report, opts).await;
     store.set_meta("sync_running", "0")?;
     store.set_meta("progress", "")?;

@@ -127,6 +127,21 @@ impl Local<'_> {
         Ok(id)
     }
 
+    /// Queues another device's operation unchanged (pending changes carried
+    /// over from a till that is gone). Its ids and origin stay, so every
+    /// replica stores the very same rows and writes.
+    pub fn relay(&mut self, op: Op) -> Result<(), StoreError> {
+        op.check(&self.store.schema)?;
+        if let Op::Write(w) = &op {
+            self.store.clock.observe(w.id.hlc);
+        }
+        if let Op::Insert(r) = &op {
+            self.store.clock.observe(r.hlc);
+        }
+        self.ops.push(op);
+        Ok(())
+    }
+
     /// Inserts a ledger row of another store (the hub seeds stores' stock).
     pub fn insert_in(&mut self, store: Uuid, table: &str, data: Value) -> Result<Uuid, StoreError> {
         let id = self.new_id();

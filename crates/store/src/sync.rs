@@ -3,7 +3,7 @@
 //! The protocol itself runs in the node client; this only stores its state.
 
 use crate::{Store, StoreError};
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use tillsync_core::{Change, Lane, Op};
 
@@ -150,9 +150,10 @@ impl Store {
         })
     }
 
-    /// Brings exported changes into this till as its own changes: ledger
-    /// rows keep their ids (a row already here is skipped, so importing twice
-    /// adds nothing), record values are written again on the same rows.
+    /// Brings exported changes into this till, unchanged: each becomes a
+    /// change of this till relaying the other device's rows and writes with
+    /// their own ids and origin, so the hub and every till store exactly the
+    /// same thing whoever pushes it, and importing twice adds nothing.
     pub fn import_pending(&mut self, now_ms: u64, file: &PendingFile) -> Result<ImportReport, StoreError> {
         if file.format != PENDING_FORMAT {
             return Err(StoreError::Invalid(format!("not a file of pending changes (format '{}')", file.format)));
@@ -163,57 +164,50 @@ impl Store {
                     .into(),
             ));
         }
+        let other_store = file
+            .changes
+            .iter()
+            .flat_map(|c| &c.ops)
+            .any(|op| matches!(op, Op::Insert(r) if r.store != self.identity.store_id));
+        if other_store {
+            return Err(StoreError::Invalid(
+                "these changes belong to another store: import them into a till of the same store".into(),
+            ));
+        }
         let mut report = ImportReport::default();
         for change in &file.changes {
             for op in &change.ops {
                 op.check(&self.schema)?;
             }
-            let present: Vec<bool> = change
-                .ops
-                .iter()
-                .map(|op| match op {
-                    Op::Insert(r) => self
-                        .conn
-                        .query_row("SELECT 1 FROM ledger WHERE id = ?1", [r.id.to_string()], |_| Ok(()))
-                        .map(|_| true)
-                        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(false) } else { Err(e) }),
-                    Op::Write(w) => self
-                        .conn
-                        .query_row("SELECT 1 FROM writes WHERE id = ?1", [w.id.to_string()], |_| Ok(()))
-                        .map(|_| true)
-                        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(false) } else { Err(e) }),
-                })
-                .collect::<Result<_, _>>()?;
-            let mut stats = ImportReport::default();
-            self.write(now_ms, |l| {
-                for (op, here) in change.ops.iter().zip(&present) {
-                    match (op, here) {
-                        (Op::Insert(_), true) => stats.ledger_rows_present += 1,
-                        (Op::Insert(r), false) => {
-                            l.insert_with_id(&r.table, r.id, r.data.clone())?;
-                            stats.ledger_rows += 1;
-                        }
-                        (Op::Write(_), true) => {}
-                        (Op::Write(w), false) => {
-                            if w.field == tillsync_core::merge::EXISTS_FIELD {
-                                if w.value == serde_json::Value::Bool(false) {
-                                    l.delete(&w.table, w.row)?;
-                                } else {
-                                    l.create(&w.table, w.row, &[])?;
-                                }
-                            } else {
-                                l.set(&w.table, w.row, &[(w.field.as_str(), w.value.clone())])?;
-                            }
-                            stats.record_writes += 1;
-                        }
+            let mut fresh = Vec::new();
+            for op in &change.ops {
+                let (sql, id) = match op {
+                    Op::Insert(r) => ("SELECT 1 FROM ledger WHERE id = ?1", r.id.to_string()),
+                    Op::Write(w) => ("SELECT 1 FROM writes WHERE id = ?1", w.id.to_string()),
+                };
+                let here = self.conn.query_row(sql, [id], |_| Ok(())).optional()?.is_some();
+                match (op, here) {
+                    (Op::Insert(_), true) => report.ledger_rows_present += 1,
+                    (Op::Insert(_), false) => {
+                        report.ledger_rows += 1;
+                        fresh.push(op.clone());
+                    }
+                    (Op::Write(_), true) => {}
+                    (Op::Write(_), false) => {
+                        report.record_writes += 1;
+                        fresh.push(op.clone());
                     }
                 }
-                Ok(())
-            })?;
+            }
+            if !fresh.is_empty() {
+                self.write(now_ms, |l| {
+                    for op in fresh {
+                        l.relay(op)?;
+                    }
+                    Ok(())
+                })?;
+            }
             report.changes += 1;
-            report.ledger_rows += stats.ledger_rows;
-            report.ledger_rows_present += stats.ledger_rows_present;
-            report.record_writes += stats.record_writes;
         }
         Ok(report)
     }
