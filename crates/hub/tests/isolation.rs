@@ -1220,13 +1220,14 @@ async fn forged_rows_are_quarantined_and_never_seen() {
         assert!(!hub_view(&w.hub, tenant, store).contains(&cloned_row.to_string()));
     }
 
-    // a1b (same store as a1) impersonating a1: a ledger row and a record
-    // write that claim a1 as their origin. The store is right, the origin is
-    // not: both quarantined, neither applied.
+    // a1b (same store as a1) relaying a1's changes unchanged, as a till does
+    // with imported pending changes or a restored till's unsynced ones: within
+    // one store this is allowed (the rows keep a1 as their origin, so every
+    // replica stores the same thing), and nothing leaves the store.
     let mut clone = Store::in_memory(identity(&w.a1.e, "clone2"), Schema::standard(), IdGen::from_u64(1_999)).unwrap();
-    let posing_row = stock_row(&mut clone, None, "POSING");
+    let relayed_row = stock_row(&mut clone, None, "RELAYED");
     let espresso = derived_id(w.ta, tables::PRODUCTS, "ESPRESSO");
-    clone.write(now(), |l| l.set(tables::PRODUCTS, espresso, &[("name", json!("POSING-AS-A1"))])).unwrap();
+    clone.write(now(), |l| l.set(tables::PRODUCTS, espresso, &[("name", json!("RELAYED-FROM-A1"))])).unwrap();
     let body = pending_request(&clone);
     assert_eq!(body.changes.len(), 2);
     let r = post_json(&w.router, "/v1/push", Some(w.a1b.token()), &body).await;
@@ -1235,12 +1236,22 @@ async fn forged_rows_are_quarantined_and_never_seen() {
     for c in &body.changes {
         let ack = &resp.lanes[&c.lane];
         assert!(ack.error.is_none(), "{}: {ack:?}", c.lane);
-        assert_eq!(ack.quarantined.iter().map(|q| q.seq).collect::<Vec<_>>(), vec![c.seq], "{}: {ack:?}", c.lane);
+        assert!(ack.quarantined.is_empty(), "{}: a same-store relay is applied: {ack:?}", c.lane);
     }
+    let a1_view = hub_view(&w.hub, w.ta, w.s_a1);
+    assert!(a1_view.contains(&relayed_row.to_string()), "the relayed row is in store A1");
+    assert!(!hub_view(&w.hub, w.ta, w.s_a2).contains(&relayed_row.to_string()), "and only there");
+    assert!(!hub_view(&w.hub, w.tb, w.s_b1).contains("RELAYED-FROM-A1"), "never in tenant B");
+    // A device of another store may not relay store A1's rows.
+    let mut clone = Store::in_memory(identity(&w.a1.e, "clone3"), Schema::standard(), IdGen::from_u64(2_999)).unwrap();
+    let other_row = stock_row(&mut clone, None, "FROM-A2");
+    let body = pending_request(&clone);
+    let r = post_json(&w.router, "/v1/push", Some(w.a2.token()), &body).await;
+    r.ok();
+    let resp: PushResponse = r.typed();
+    assert_eq!(resp.lanes[&Lane::Stock].quarantined.len(), 1, "{:?}", resp.lanes);
     for (tenant, store) in [(w.ta, w.s_a1), (w.ta, w.s_a2)] {
-        let view = hub_view(&w.hub, tenant, store);
-        assert!(!view.contains(&posing_row.to_string()), "a row posing as a1 was applied");
-        assert!(!view.contains("POSING-AS-A1"), "a write posing as a1 was applied");
+        assert!(!hub_view(&w.hub, tenant, store).contains(&other_row.to_string()), "a cross-store relay was applied");
     }
 }
 
