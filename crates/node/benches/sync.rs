@@ -31,8 +31,11 @@
 //! Settings (an argument wins over the environment):
 //! * `--quick`, `TILLSYNC_SYNC_QUICK=1`: small counts (about 1 minute);
 //! * `--devices N`, `TILLSYNC_SYNC_DEVICES`: ingest devices (100);
-//! * `--per-device N`, `TILLSYNC_SYNC_PER_DEVICE`: changes per device (1000; quick 100);
-//! * `--reps N`, `TILLSYNC_SYNC_REPS`: repetitions of ingest and pull (3; quick 2);
+//! * `--per-device N`, `TILLSYNC_SYNC_PER_DEVICE`: changes per device (200; quick 50);
+//! * `--reps N`, `TILLSYNC_SYNC_REPS`: ingest repetitions (3; quick 2);
+//! * `--pull-reps N`, `TILLSYNC_SYNC_PULL_REPS`: pull repetitions (2);
+//! * `--seller off`, `TILLSYNC_SYNC_SELLER=off`: pull with no sales beside it
+//!   (diagnostic);
 //! * `--sales N`, `TILLSYNC_SYNC_SALES`: propagation samples (1000; quick 100);
 //! * `--rows N`, `TILLSYNC_SYNC_ROWS`: ledger rows pre-loaded for pull and
 //!   bootstrap (1,000,000; quick 50,000);
@@ -85,6 +88,8 @@ struct Config {
     devices: usize,
     per_device: usize,
     reps: usize,
+    pull_reps: usize,
+    seller: bool,
     sales: usize,
     rows: usize,
     boot_reps: usize,
@@ -130,8 +135,10 @@ fn config() -> Config {
     };
     Config {
         devices: num("--devices", "TILLSYNC_SYNC_DEVICES", 100, 100),
-        per_device: num("--per-device", "TILLSYNC_SYNC_PER_DEVICE", 1_000, 100),
+        per_device: num("--per-device", "TILLSYNC_SYNC_PER_DEVICE", 200, 50),
         reps: num("--reps", "TILLSYNC_SYNC_REPS", 3, 2).max(1),
+        pull_reps: num("--pull-reps", "TILLSYNC_SYNC_PULL_REPS", 2, 2).max(1),
+        seller: get("--seller", "TILLSYNC_SYNC_SELLER").is_none_or(|v| v != "off" && v != "0"),
         sales: num("--sales", "TILLSYNC_SYNC_SALES", 1_000, 100).max(1),
         rows: num("--rows", "TILLSYNC_SYNC_ROWS", 1_000_000, 50_000).max(ROWS_PER_SALE),
         boot_reps: num("--boot-reps", "TILLSYNC_SYNC_BOOT_REPS", 1, 2).max(1),
@@ -200,8 +207,14 @@ fn mb(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn progress(msg: &str) {
-    eprintln!("[sync bench] {msg}");
+    eprintln!("[sync bench] {msg} (load {})", loadavg());
 }
 
 // ---------------------------------------------------------------------------
@@ -326,9 +339,8 @@ fn setup_hub(dir: &Path, codes: usize) -> (SqliteHub, HubSetup) {
     let hub = SqliteHub::open(dir, IdGen::from_u64(7)).expect("hub");
     let (tenant, admin) = hub.create_tenant("bench", true, now_ms()).expect("tenant");
     let store = hub.create_store(tenant, "bench store", now_ms()).expect("store");
-    let codes = (0..codes)
-        .map(|_| hub.create_enrol_code(tenant, store, now_ms(), 24 * 3_600_000).expect("code").0)
-        .collect();
+    let codes =
+        (0..codes).map(|_| hub.create_enrol_code(tenant, store, now_ms(), 24 * 3_600_000).expect("code").0).collect();
     (hub, HubSetup { tenant, admin, codes })
 }
 
@@ -427,7 +439,13 @@ impl SimDevice {
             value: json!(100 + self.seq_catalog as i64),
             base,
         };
-        Change { device: self.id, lane: Lane::Catalog, seq: self.seq_catalog, hlc: self.clock.last(), ops: vec![Op::Write(w)] }
+        Change {
+            device: self.id,
+            lane: Lane::Catalog,
+            seq: self.seq_catalog,
+            hlc: self.clock.last(),
+            ops: vec![Op::Write(w)],
+        }
     }
 
     /// The i-th change: every fifth is a price write (20%), the rest sales.
@@ -496,7 +514,8 @@ fn base_db(path: &Path) -> Connection {
     conn
 }
 
-/// Inserts one transaction of rows; returns how long it took.
+/// Inserts one transaction of rows; returns how long it took (the calling
+/// thread's CPU time is read around it by the callers).
 fn base_insert(conn: &Connection, rows: &[BaseRow]) -> Duration {
     let t = Instant::now();
     conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
@@ -530,8 +549,11 @@ struct IngestRep {
     bench_cpu: f64,
     wall: f64,
     base_rate: f64,
+    base_cpu: f64,
     errors: u64,
     logged: u64,
+    load: String,
+    inproc_rate: f64,
 }
 
 async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
@@ -551,11 +573,13 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     let admin = HubClient::new(&proc.url, Some(setup.admin.clone()), &opts()).expect("admin client");
     let logged_before = admin.usage().await.expect("usage").changes;
     // Changes are built before the clock starts: only the push is measured.
+    // The i-th change of every device is made at millisecond `now + i`, so
+    // row ids (UUIDv7) and clocks advance as on real tills.
     let now = now_ms();
     let mut work = Vec::new();
     let mut base_txns: Vec<Vec<BaseRow>> = Vec::new();
     for (mut dev, client) in devices {
-        let changes: Vec<Change> = (0..cfg.per_device).map(|i| dev.mixed(i, now)).collect();
+        let changes: Vec<Change> = (0..cfg.per_device).map(|i| dev.mixed(i, now + i as u64)).collect();
         let mut reqs = Vec::new();
         for chunk in changes.chunks(BATCH_LEN) {
             let mut rows = Vec::new();
@@ -616,10 +640,19 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     drop(proc);
     // Baseline, right after, on the same disk.
     let conn = base_db(&dir.join("baseline.db"));
+    let thread0 = proc_cpu("thread-self");
     let base_time: Duration = base_txns.iter().map(|rows| base_insert(&conn, rows)).sum();
+    let base_cpu = proc_cpu("thread-self") - thread0;
     drop(conn);
     let _ = std::fs::remove_dir_all(&dir);
+    // Diagnostic: the same kind of changes through `SqliteHub::push` in this
+    // process (no HTTP, no JSON, no concurrency), one thread.
+    let (hub, setup) = setup_hub(&dir.join("hub-inproc"), cfg.devices);
+    let inproc = push_inproc(&hub, &setup, cfg.devices, total as usize, BATCH_LEN, true);
+    drop(hub);
+    let _ = std::fs::remove_dir_all(&dir);
     IngestRep {
+        inproc_rate: inproc.changes as f64 / inproc.secs,
         changes: total,
         rate: total as f64 / wall,
         p50: pct(&lat, 50.0),
@@ -632,8 +665,10 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
         bench_cpu,
         wall,
         base_rate: total as f64 / base_time.as_secs_f64(),
+        base_cpu,
         errors,
         logged,
+        load: loadavg(),
     }
 }
 
@@ -643,11 +678,11 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
         "### 1. Hub ingest: {} devices x {} changes (80% sales of 4 rows, 20% price writes), batches of {}\n\n",
         cfg.devices, cfg.per_device, BATCH_LEN
     );
-    s += "| run | changes | wall s | hub changes/s | push p50 ms | push p99 ms | push max ms | hub VmHWM MB (before -> after) | hub VmRSS after MB | hub CPU s | client CPU s | baseline changes/s | hub / baseline | errors |\n";
-    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| run | changes | wall s | hub changes/s | push p50 ms | push p99 ms | push max ms | hub VmHWM MB (before -> after) | hub VmRSS after MB | hub CPU s | hub CPU us/change | clients CPU s | baseline changes/s | hub / baseline | errors | load avg after |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (i, r) in reps.iter().enumerate() {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} -> {} | {} | {} | {} | {} | {:.3} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} -> {} | {} | {} | {} | {} | {} | {:.3} | {} | {} |\n",
             i + 1,
             r.changes,
             fmt_num(r.wall),
@@ -659,10 +694,12 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
             fmt_num(mb(r.hwm_after)),
             fmt_num(mb(r.rss_after)),
             fmt_num(r.hub_cpu),
+            fmt_num(r.hub_cpu * 1e6 / r.changes as f64),
             fmt_num(r.bench_cpu),
             fmt_num(r.base_rate),
             r.rate / r.base_rate,
             r.errors + r.changes.abs_diff(r.logged),
+            r.load,
         );
     }
     let col = |f: fn(&IngestRep) -> f64| reps.iter().map(f).collect::<Vec<_>>();
@@ -672,6 +709,9 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
     let p99 = col(|r| r.p99);
     let hwm = col(|r| mb(r.hwm_after));
     let ratio = col(|r| r.rate / r.base_rate);
+    let cpu = col(|r| r.changes as f64 / r.hub_cpu);
+    let inproc = col(|r| r.inproc_rate);
+    let base_cpu = col(|r| r.changes as f64 / r.base_cpu);
     s += "\n| figure | hub (median of runs, range) | baseline (median) | ratio hub/baseline | goal | holds |\n|---|---|---|---|---|---|\n";
     s += &format!(
         "| changes/s accepted durably | {} ({}) | {} | {:.3} | >= 50,000 | {} |\n",
@@ -680,6 +720,26 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
         fmt_num(median(&base)),
         median(&ratio),
         yes(median(&rate) >= 50_000.0)
+    );
+    s += &format!(
+        "| CPU cost: changes per CPU second (hub process / baseline thread) | {} ({}) | {} | {:.3} | (>= 50,000 needs <= 20 us/change/core) | - |\n",
+        fmt_num(median(&cpu)),
+        range(&cpu),
+        fmt_num(median(&base_cpu)),
+        median(&cpu) / median(&base_cpu)
+    );
+    s += &format!(
+        "| diagnostic: same changes through `SqliteHub::push` in-process, 1 thread, batches of {BATCH_LEN}, changes/s | {} ({}) | {} | {:.3} | - | - |\n",
+        fmt_num(median(&inproc)),
+        range(&inproc),
+        fmt_num(median(&base)),
+        median(&inproc) / median(&base)
+    );
+    let service = col(|r| r.wall * 1e3 / (r.changes as f64 / BATCH_LEN as f64));
+    s += &format!(
+        "| service time of one {BATCH_LEN}-change push (wall / pushes), ms | {} ({}) | - | - | - | - |\n",
+        fmt_num(median(&service)),
+        range(&service)
     );
     s += &format!("| push p50 latency, ms | {} ({}) | - | - | - | - |\n", fmt_num(median(&p50)), range(&p50));
     s += &format!(
@@ -714,6 +774,8 @@ fn sale_request() -> SaleRequest {
 }
 
 struct Propagation {
+    at_hub: Vec<f64>,
+    hub_to_b: Vec<f64>,
     applied: Vec<f64>,
     round: Vec<f64>,
     push: Vec<f64>,
@@ -763,29 +825,36 @@ async fn propagation(cfg: &Config, root: &Path) -> Propagation {
         });
     });
 
-    // The observer: a separate read connection on B's database.
+    // The observer: separate read connections on the hub's tenant database
+    // and on B's; the sale is looked for on the hub first, then on B.
     let (want_tx, want_rx) = mpsc::channel::<String>();
-    let (seen_tx, seen_rx) = mpsc::channel::<Option<Instant>>();
+    let (seen_tx, seen_rx) = mpsc::channel::<Option<(Instant, Instant)>>();
     let b_db = db.join(tillsync_store::DB_FILE);
+    let hub_db = dir.join("hub").join("tenants").join(setup.tenant.to_string()).join(tillsync_store::DB_FILE);
     let poller = std::thread::spawn(move || {
-        let conn = Connection::open_with_flags(&b_db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .expect("read connection");
-        conn.busy_timeout(Duration::from_secs(5)).expect("busy");
+        let open = |p: &Path| {
+            let c = Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                .expect("read connection");
+            c.busy_timeout(Duration::from_secs(5)).expect("busy");
+            c
+        };
+        let (hub, b) = (open(&hub_db), open(&b_db));
+        let wait_for = |conn: &Connection, id: &str, deadline: Instant| loop {
+            let found = conn
+                .prepare_cached("SELECT 1 FROM ledger WHERE id = ?1")
+                .and_then(|mut st| st.exists([id]))
+                .unwrap_or(false);
+            if found {
+                break Some(Instant::now());
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        };
         while let Ok(id) = want_rx.recv() {
             let deadline = Instant::now() + Duration::from_secs(10);
-            let seen = loop {
-                let found = conn
-                    .prepare_cached("SELECT 1 FROM ledger WHERE id = ?1")
-                    .and_then(|mut st| st.exists([&id]))
-                    .unwrap_or(false);
-                if found {
-                    break Some(Instant::now());
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                std::thread::sleep(Duration::from_micros(100));
-            };
+            let seen = wait_for(&hub, &id, deadline).and_then(|h| wait_for(&b, &id, deadline).map(|b| (h, b)));
             let _ = seen_tx.send(seen);
         }
     });
@@ -798,6 +867,8 @@ async fn propagation(cfg: &Config, root: &Path) -> Propagation {
     let req = sale_request();
     let warmup = 10;
     let mut p = Propagation {
+        at_hub: vec![],
+        hub_to_b: vec![],
         applied: vec![],
         round: vec![],
         push: vec![],
@@ -833,7 +904,9 @@ async fn propagation(cfg: &Config, root: &Path) -> Propagation {
             continue;
         }
         match (seen, round) {
-            (Some(s), Some(r)) => {
+            (Some((h, s)), Some(r)) => {
+                p.at_hub.push(ms(h - committed));
+                p.hub_to_b.push(ms(s - h));
                 p.applied.push(ms(s - committed));
                 p.round.push(ms(r - committed));
             }
@@ -854,7 +927,7 @@ async fn propagation(cfg: &Config, root: &Path) -> Propagation {
 
 fn report_propagation(cfg: &Config, p: &Propagation) -> String {
     let mut s = format!(
-        "### 2. Propagation: till A sells ({}-byte sale, 3 lines) and syncs; till B runs `node run` with live events; {} sales, one at a time\n\n",
+        "### 2. Propagation: till A sells (`Store::sell`, 3 lines: {}-byte sale row) and syncs; till B runs `node run` with live events; {} sales, one at a time\n\n",
         p.sale_bytes, cfg.sales
     );
     s += "| figure | p50 ms | p99 ms | max ms |\n|---|---|---|---|\n";
@@ -862,6 +935,8 @@ fn report_propagation(cfg: &Config, p: &Propagation) -> String {
         format!("| {name} | {} | {} | {} |\n", fmt_num(pct(v, 50.0)), fmt_num(pct(v, 99.0)), fmt_num(pct(v, 100.0)))
     };
     s += &row("A's commit -> sale committed in B's database", &p.applied);
+    s += &row("  of which: A's commit -> committed in the hub's tenant database", &p.at_hub);
+    s += &row("  of which: hub commit -> committed in B's database", &p.hub_to_b);
     s += &row("A's commit -> B's sync round finished", &p.round);
     s += &row("A's `sync_once` (push + empty pull + bookkeeping)", &p.push);
     s += &row("baseline: `GET /healthz` round trip, A's connection pool", &p.healthz);
@@ -907,6 +982,10 @@ struct PullRep {
     idle: Vec<f64>,
     sale_errors: u64,
     hub_hwm: u64,
+    hub_cpu: f64,
+    till_cpu: f64,
+    base_cpu: f64,
+    load: String,
 }
 
 struct Preload {
@@ -933,35 +1012,52 @@ struct BootBase {
     zstd_bytes: u64,
 }
 
-/// Pushes ROWS/4 sale changes from other devices straight into the hub's
-/// storage (no HTTP), before it is served.
-fn preload(hub: &SqliteHub, setup: &HubSetup, rows: usize) -> Preload {
-    let changes = rows / ROWS_PER_SALE;
-    let per = changes.div_ceil(PRELOAD_DEVICES);
-    let mut pushed = 0u64;
-    let mut spent = Duration::ZERO;
-    for d in 0..PRELOAD_DEVICES {
-        let e = hub.enrol(&setup.codes[d], &format!("preload {d}"), now_ms()).expect("enrol");
+/// Pushes `total` changes from `devices` devices (enrolled with the first
+/// codes) straight into the hub's storage, no HTTP, one thread. Devices take
+/// turns, a batch each; their clocks advance one millisecond per change.
+/// With `mixed`, every fifth change is a price write, else all are sales.
+fn push_inproc(hub: &SqliteHub, setup: &HubSetup, devices: usize, total: usize, batch: usize, mixed: bool) -> Preload {
+    let mut devs = Vec::new();
+    for d in 0..devices {
+        let e = hub.enrol(&setup.codes[d], &format!("in-process {d}"), now_ms()).expect("enrol");
         let auth = DeviceAuth { device_id: e.device_id, tenant_id: e.tenant_id, store_id: e.store_id };
-        let mut dev = SimDevice::new(e.device_id, e.store_id, setup.tenant, 1_000 + d);
-        let n = per.min(changes - pushed as usize);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(PRELOAD_BATCH_LEN);
-            let now = now_ms();
-            let req = PushRequest { device_time_ms: now, changes: (0..k).map(|_| wire(&dev.sale(now))).collect() };
-            let t = Instant::now();
-            let (resp, _) = hub.push(&auth, &req, now).expect("preload push");
-            spent += t.elapsed();
-            assert_eq!(resp.lanes[&Lane::Sales].acked_through, dev.seq_sales, "preload acknowledged");
-            left -= k;
-        }
-        pushed += n as u64;
-        if pushed as usize >= changes {
-            break;
-        }
+        devs.push((auth, SimDevice::new(e.device_id, e.store_id, setup.tenant, 1_000 + d), 0usize));
     }
-    Preload { changes: pushed, secs: spent.as_secs_f64() }
+    let start = now_ms();
+    let mut pushed = 0usize;
+    let mut spent = Duration::ZERO;
+    let mut round = 0u64;
+    while pushed < total {
+        for (auth, dev, made) in devs.iter_mut() {
+            let k = (total - pushed).min(batch);
+            if k == 0 {
+                break;
+            }
+            let t0 = start + round * batch as u64;
+            let changes: Vec<WireChange> = (0..k)
+                .map(|j| {
+                    let now = t0 + j as u64;
+                    *made += 1;
+                    wire(&if mixed { dev.mixed(*made - 1, now) } else { dev.sale(now) })
+                })
+                .collect();
+            let req = PushRequest { device_time_ms: t0, changes };
+            let t = Instant::now();
+            let (resp, _) = hub.push(auth, &req, now_ms()).expect("in-process push");
+            spent += t.elapsed();
+            let ok = resp.lanes.values().all(|a| a.error.is_none() && a.quarantined.is_empty());
+            assert!(ok && resp.lanes[&Lane::Sales].acked_through == dev.seq_sales, "in-process push acknowledged");
+            pushed += k;
+        }
+        round += 1;
+    }
+    Preload { changes: pushed as u64, secs: spent.as_secs_f64() }
+}
+
+/// Pushes ROWS/4 sale changes from other devices into the hub's storage
+/// before it is served.
+fn preload(hub: &SqliteHub, setup: &HubSetup, rows: usize) -> Preload {
+    push_inproc(hub, setup, PRELOAD_DEVICES, rows / ROWS_PER_SALE, PRELOAD_BATCH_LEN, false)
 }
 
 async fn enrol_without_snapshot(dir: &Path, url: &str, code: &str, name: &str, seed: u64) -> (Store, HubClient) {
@@ -985,6 +1081,7 @@ struct SellerStats {
     during: Vec<f64>,
     idle: Vec<f64>,
     errors: u64,
+    cpu: f64,
 }
 
 /// Sells every `every` on the till in `dir` through its own `Store` (as a
@@ -993,7 +1090,8 @@ struct SellerStats {
 fn seller(dir: PathBuf, every: Duration, done: Arc<AtomicBool>) -> SellerStats {
     let mut store = Store::open(&dir, Schema::standard(), IdGen::from_u64(4242)).expect("open till");
     let req = sale_request();
-    let mut st = SellerStats { during: vec![], idle: vec![], errors: 0 };
+    let cpu0 = proc_cpu("thread-self");
+    let mut st = SellerStats { during: vec![], idle: vec![], errors: 0, cpu: 0.0 };
     let mut next = Instant::now();
     loop {
         let now = Instant::now();
@@ -1022,18 +1120,29 @@ fn seller(dir: PathBuf, every: Duration, done: Arc<AtomicBool>) -> SellerStats {
             }
         }
     }
+    st.cpu = proc_cpu("thread-self") - cpu0;
     st
 }
 
 async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usize) -> PullRep {
     let till_dir = dir.join(format!("pull-till-{rep}"));
-    let (mut store, client) = enrol_without_snapshot(&till_dir, &proc.url, code, &format!("fresh {rep}"), 50 + rep as u64).await;
+    let (mut store, client) =
+        enrol_without_snapshot(&till_dir, &proc.url, code, &format!("fresh {rep}"), 50 + rep as u64).await;
     let done = Arc::new(AtomicBool::new(false));
     let (d2, every, done2) = (till_dir.clone(), cfg.sell_every, done.clone());
-    let sell_thread = std::thread::spawn(move || seller(d2, every, done2));
+    let with_seller = cfg.seller;
+    let sell_thread = std::thread::spawn(move || {
+        if with_seller {
+            seller(d2, every, done2)
+        } else {
+            SellerStats { during: vec![], idle: vec![], errors: 0, cpu: 0.0 }
+        }
+    });
+    let (cpu0, self0) = (proc.cpu(), proc_cpu("self"));
     let t = Instant::now();
     let report = sync_once(&mut store, &client, now_ms).await.expect("pull");
     let secs = t.elapsed().as_secs_f64();
+    let (hub_cpu, till_cpu) = (proc.cpu() - cpu0, proc_cpu("self") - self0);
     done.store(true, Ordering::SeqCst);
     let st = sell_thread.join().expect("seller");
     let hub_hwm = proc.mem().hwm;
@@ -1044,15 +1153,19 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
     let mut ids = IdGen::from_u64(9_000 + rep as u64);
     let mut dev = SimDevice::new(ids.new_v7(now_ms()), ids.new_v7(now_ms()), Uuid::nil(), 9_000 + rep);
     let mut base_time = Duration::ZERO;
+    let mut base_cpu = 0.0;
     let mut left = report.pulled as usize;
+    let mut now = now_ms();
     while left > 0 {
         let k = left.min(PULL_PAGE_LEN);
-        let now = now_ms();
         let mut rows = Vec::with_capacity(k * ROWS_PER_SALE);
         for _ in 0..k {
+            now += 1;
             base_rows(&dev.sale(now), &mut rows);
         }
+        let c0 = proc_cpu("thread-self");
         base_time += base_insert(&conn, &rows);
+        base_cpu += proc_cpu("thread-self") - c0;
         left -= k;
     }
     drop(conn);
@@ -1066,6 +1179,11 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
         idle: st.idle,
         sale_errors: st.errors,
         hub_hwm,
+        hub_cpu,
+        // The seller's own CPU is not the pull's.
+        till_cpu: till_cpu - st.cpu,
+        base_cpu,
+        load: loadavg(),
     }
 }
 
@@ -1121,7 +1239,8 @@ async fn snapshot_size(url: &str, token: &str) -> (u64, u64) {
         .expect("snapshot");
     let zstd = resp.headers().get("content-encoding").is_some_and(|v| v == "zstd");
     let body = resp.bytes().await.expect("snapshot body");
-    let decoded = if zstd { zstd::stream::decode_all(&body[..]).map(|d| d.len() as u64).unwrap_or(0) } else { body.len() as u64 };
+    let decoded =
+        if zstd { zstd::stream::decode_all(&body[..]).map(|d| d.len() as u64).unwrap_or(0) } else { body.len() as u64 };
     (body.len() as u64, decoded)
 }
 
@@ -1130,8 +1249,9 @@ async fn bootstrap_rep(dir: &Path, proc: &HubProc, code: &str, rep: usize) -> Bo
     let till_dir = dir.join(format!("boot-till-{rep}"));
     let hub_hwm_before = proc.mem().hwm;
     let t = Instant::now();
-    let r = enrol_and_bootstrap(&till_dir, &url, code, &format!("boot {rep}"), &opts(), IdGen::from_u64(70 + rep as u64))
-        .await;
+    let r =
+        enrol_and_bootstrap(&till_dir, &url, code, &format!("boot {rep}"), &opts(), IdGen::from_u64(70 + rep as u64))
+            .await;
     let secs = t.elapsed().as_secs_f64();
     let ok = r.map(drop).map_err(|e| e.to_string());
     let mut boot = Boot {
@@ -1183,7 +1303,7 @@ fn bootstrap_baseline(dir: &Path, hub_dir: &Path, tenant: Uuid) -> BootBase {
 async fn pull_and_bootstrap(cfg: &Config, root: &Path, out: &mut String) {
     let dir = root.join("pull");
     let hub_dir = dir.join("hub");
-    let codes = PRELOAD_DEVICES + cfg.reps + cfg.boot_reps;
+    let codes = PRELOAD_DEVICES + cfg.pull_reps + cfg.boot_reps;
     let (hub, setup) = setup_hub(&hub_dir, codes);
     progress(&format!("pre-loading {} ledger rows ({} sale changes) in-process", cfg.rows, cfg.rows / ROWS_PER_SALE));
     let pre = preload(&hub, &setup, cfg.rows);
@@ -1198,8 +1318,8 @@ async fn pull_and_bootstrap(cfg: &Config, root: &Path, out: &mut String) {
     );
     if cfg.wants("pull") {
         let mut reps = Vec::new();
-        for rep in 0..cfg.reps {
-            progress(&format!("pull run {}/{}", rep + 1, cfg.reps));
+        for rep in 0..cfg.pull_reps {
+            progress(&format!("pull run {}/{}", rep + 1, cfg.pull_reps));
             let code = codes.next().expect("code");
             reps.push(pull_rep(cfg, &dir, &proc, code, rep).await);
         }
@@ -1207,7 +1327,7 @@ async fn pull_and_bootstrap(cfg: &Config, root: &Path, out: &mut String) {
         println!("{s}");
         *out += &s;
     } else {
-        codes.nth(cfg.reps - 1);
+        codes.nth(cfg.pull_reps - 1);
     }
     if cfg.wants("bootstrap") {
         let mut boots = Vec::new();
@@ -1233,16 +1353,18 @@ fn report_pull(cfg: &Config, pre: &str, reps: &[PullRep]) -> String {
         cfg.rows,
         cfg.sell_every.as_millis()
     );
-    s += "| run | entries pulled | s | till changes/s | baseline changes/s | till / baseline | sales during pull | sale p50 / p99 / max ms during pull | sale p50 / max ms idle | failed sales | hub VmHWM MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| run | entries pulled | s | till changes/s | baseline changes/s | till / baseline | hub CPU s | till process CPU s | sales during pull | sale p50 / p99 / max ms during pull | sale p50 / max ms idle | failed sales | hub VmHWM MB | load avg after |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (i, r) in reps.iter().enumerate() {
         s += &format!(
-            "| {} | {} | {:.1} | {} | {} | {:.3} | {} | {} / {} / {} | {} / {} | {} | {} |\n",
+            "| {} | {} | {:.1} | {} | {} | {:.3} | {:.1} | {:.1} | {} | {} / {} / {} | {} / {} | {} | {} | {} |\n",
             i + 1,
             r.pulled,
             r.secs,
             fmt_num(r.rate),
             fmt_num(r.base_rate),
             r.rate / r.base_rate,
+            r.hub_cpu,
+            r.till_cpu,
             r.sales.len(),
             fmt_num(pct(&r.sales, 50.0)),
             fmt_num(pct(&r.sales, 99.0)),
@@ -1251,12 +1373,16 @@ fn report_pull(cfg: &Config, pre: &str, reps: &[PullRep]) -> String {
             fmt_num(pct(&r.idle, 100.0)),
             r.sale_errors,
             fmt_num(mb(r.hub_hwm)),
+            r.load,
         );
     }
     let rate: Vec<f64> = reps.iter().map(|r| r.rate).collect();
     let base: Vec<f64> = reps.iter().map(|r| r.base_rate).collect();
     let ratio: Vec<f64> = reps.iter().map(|r| r.rate / r.base_rate).collect();
     let worst: Vec<f64> = reps.iter().map(|r| pct(&r.sales, 100.0)).collect();
+    let till_cpu: Vec<f64> = reps.iter().map(|r| r.pulled as f64 / r.till_cpu).collect();
+    let hub_cpu: Vec<f64> = reps.iter().map(|r| r.pulled as f64 / r.hub_cpu).collect();
+    let base_cpu: Vec<f64> = reps.iter().map(|r| r.pulled as f64 / r.base_cpu).collect();
     s += "\n| figure | till (median of runs, range) | baseline (median) | ratio | goal | holds |\n|---|---|---|---|---|---|\n";
     s += &format!(
         "| pull + apply, changes/s | {} ({}) | {} | {:.3} | >= 200,000 | {} |\n",
@@ -1266,13 +1392,27 @@ fn report_pull(cfg: &Config, pre: &str, reps: &[PullRep]) -> String {
         median(&ratio),
         yes(median(&rate) >= 200_000.0)
     );
-    let worst_all = worst.iter().copied().fold(0.0, f64::max);
     s += &format!(
-        "| longest sale wait during the pull, ms | {} (worst run {}) | - | - | <= 100 | {} |\n",
-        fmt_num(median(&worst)),
-        fmt_num(worst_all),
-        yes(worst_all <= 100.0 && reps.iter().all(|r| r.sale_errors == 0))
+        "| CPU cost: changes per CPU second (till process without the seller / baseline thread) | {} ({}) | {} | {:.3} | (>= 200,000 needs <= 5 us/change/core) | - |\n",
+        fmt_num(median(&till_cpu)),
+        range(&till_cpu),
+        fmt_num(median(&base_cpu)),
+        median(&till_cpu) / median(&base_cpu)
     );
+    s += &format!(
+        "| hub CPU: changes served per hub CPU second | {} ({}) | - | - | - | - |\n",
+        fmt_num(median(&hub_cpu)),
+        range(&hub_cpu)
+    );
+    if cfg.seller {
+        let worst_all = worst.iter().copied().fold(0.0, f64::max);
+        s += &format!(
+            "| longest sale wait during the pull, ms | {} (worst run {}) | - | - | <= 100 | {} |\n",
+            fmt_num(median(&worst)),
+            fmt_num(worst_all),
+            yes(worst_all <= 100.0 && reps.iter().all(|r| r.sale_errors == 0))
+        );
+    }
     s
 }
 
@@ -1318,13 +1458,8 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
         let bb: Vec<f64> = ok.iter().map(|(_, x)| x.zstd_bytes as f64).collect();
         let rt = median(&t) / median(&bt);
         let rb = median(&by) / median(&bb);
-        s += &format!(
-            "| time, s | {:.2} | {:.2} | {:.2} | <= 2x | {} |\n",
-            median(&t),
-            median(&bt),
-            rt,
-            yes(rt <= 2.0)
-        );
+        s +=
+            &format!("| time, s | {:.2} | {:.2} | {:.2} | <= 2x | {} |\n", median(&t), median(&bt), rt, yes(rt <= 2.0));
         s += &format!(
             "| bytes on the wire | {} | {} | {:.2} | <= 2x | {} |\n",
             fmt_num(median(&by)),
@@ -1344,7 +1479,8 @@ async fn run_all(cfg: Config) {
     let root = tmp.path().to_path_buf();
     let started = Instant::now();
     let mut out = String::new();
-    println!("sync bench: {cfg:?}\n");
+    let sample = sale_data("S1-0000001", Uuid::nil(), now_ms()).to_string().len();
+    println!("sync bench: {cfg:?}\nsimulated sale row: {sample} bytes of JSON; load average at start: {}\n", loadavg());
     if cfg.wants("ingest") {
         let mut reps = Vec::new();
         for rep in 0..cfg.reps {
@@ -1365,7 +1501,11 @@ async fn run_all(cfg: Config) {
     if cfg.wants("pull") || cfg.wants("bootstrap") {
         pull_and_bootstrap(&cfg, &root, &mut out).await;
     }
-    println!("---- summary (markdown) ----\n\n{out}\nTotal bench time: {:.0} s", started.elapsed().as_secs_f64());
+    println!(
+        "---- summary (markdown) ----\n\nSimulated sale row: {sample} bytes of JSON.\n\n{out}\nTotal bench time: {:.0} s; load average at the end: {}",
+        started.elapsed().as_secs_f64(),
+        loadavg()
+    );
 }
 
 fn main() {
