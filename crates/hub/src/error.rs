@@ -14,6 +14,10 @@ pub enum HubError {
     Revoked,
     #[error("this needs the tenant's admin token")]
     Forbidden,
+    #[error(
+        "this device's data folder was copied to another till: both copies are stopped; on each, save unsynced changes with `till export-pending`, enrol again with a new code and `till import-pending`"
+    )]
+    Forked,
     #[error("{0} not found")]
     NotFound(String),
     #[error("{message}")]
@@ -40,6 +44,7 @@ impl HubError {
             HubError::Unauthorized => "unauthorized",
             HubError::Revoked => "revoked",
             HubError::Forbidden => "forbidden",
+            HubError::Forked => "forked",
             HubError::NotFound(_) => "not_found",
             HubError::BadRequest { code, .. } => code,
             HubError::BadCode => "bad_code",
@@ -53,7 +58,7 @@ impl HubError {
 
     fn status(&self) -> StatusCode {
         match self {
-            HubError::Unauthorized | HubError::Revoked => StatusCode::UNAUTHORIZED,
+            HubError::Unauthorized | HubError::Revoked | HubError::Forked => StatusCode::UNAUTHORIZED,
             HubError::Forbidden => StatusCode::FORBIDDEN,
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::BadRequest { .. } | HubError::BadCode => StatusCode::BAD_REQUEST,

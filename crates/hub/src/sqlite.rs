@@ -539,8 +539,10 @@ impl HubStorage for SqliteHub {
                 .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
             let (id, tenant, store, status) = row.ok_or(HubError::Unauthorized)?;
-            if status != "active" {
-                return Err(HubError::Revoked);
+            match status.as_str() {
+                "active" => {}
+                "forked" => return Err(HubError::Forked),
+                _ => return Err(HubError::Revoked),
             }
             let parse = |s: &str| Uuid::parse_str(s).map_err(|e| HubError::Internal(e.to_string()));
             return Ok(Caller::Device(DeviceAuth {
@@ -689,10 +691,29 @@ impl HubStorage for SqliteHub {
                 };
                 lanes.insert(lane, ack);
             }
+            // Every lane of the device is answered, even lanes not pushed:
+            // after a restore the till learns what this hub lost.
+            for lane in Lane::ALL {
+                lanes.entry(lane).or_insert_with(|| LaneAck {
+                    acked_through: SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }.next_seq()
+                        - 1,
+                    ..LaneAck::default()
+                });
+            }
             Ok(lanes)
         })?;
         let hub_hlc = store.clock().0;
         drop(store);
+        // A reused sequence with another change means two tills share this
+        // identity: stop it in every lane, so neither copy's changes are
+        // mixed with the other's (both re-enrol and carry their changes over).
+        if lanes.values().any(|a| a.error.as_ref().is_some_and(|e| e.code == "sequence_reused")) {
+            self.control
+                .lock()
+                .expect("control")
+                .execute("UPDATE devices SET status = 'forked' WHERE id = ?1 AND status = 'active'", [&device])?;
+            tracing::warn!(device = device.as_str(), "device folder copied: device stopped");
+        }
         let skew = req.device_time_ms as i64 - now_ms as i64;
         self.control.lock().expect("control").execute(
             "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3 WHERE id = ?1",

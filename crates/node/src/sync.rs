@@ -43,7 +43,7 @@ impl SyncError {
 
     /// Whether the hub said this device is revoked.
     pub fn is_revoked(&self) -> bool {
-        matches!(self, SyncError::Hub { code, .. } if code == "revoked")
+        matches!(self, SyncError::Hub { code, .. } if code == "revoked" || code == "forked")
     }
 }
 
@@ -259,6 +259,10 @@ async fn round(
     let mut done = 0u64;
     // Push until nothing is pending or a round makes no progress.
     let mut blocked: Vec<Lane> = vec![];
+    // The first push of a round is sent even when nothing is pending: the
+    // answer tells every lane's acknowledged sequence, so a hub restored to
+    // an older state gets back what it lost from a till with nothing new.
+    let mut first = true;
     for _ in 0..10_000 {
         let mut changes: Vec<WireChange> = vec![];
         for lane in Lane::ALL {
@@ -273,10 +277,19 @@ async fn round(
                 changes.push(WireChange::from_change(&p.change, p.digest));
             }
         }
-        if changes.is_empty() {
+        if changes.is_empty() && !first {
             break;
         }
+        first = false;
         let sent = changes.len() as u64;
+        // The highest sequence sent per lane: an answer never acknowledges
+        // more than was sent (a cloned folder may have stored other changes
+        // under this till's later sequences).
+        let mut sent_through: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
+        for c in &changes {
+            let e = sent_through.entry(c.lane).or_default();
+            *e = (*e).max(c.seq);
+        }
         let mut bytes: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
         for c in &changes {
             *bytes.entry(c.lane).or_default() += serde_json::to_string(&c.ops).map(|j| j.len() as u64).unwrap_or(0);
@@ -288,12 +301,19 @@ async fn round(
             store.set_meta(&key, &(v + b).to_string())?;
         }
         done += sent;
-        store.set_meta("progress", &format!("{done}/{}", (total as u64).max(done)))?;
+        if sent > 0 {
+            store.set_meta("progress", &format!("{done}/{}", (total as u64).max(done)))?;
+        }
         let mut progress = false;
         for (lane, ack) in &resp.lanes {
             let before = store.acked(*lane)?;
-            store.set_acked(*lane, ack.acked_through)?;
-            if ack.acked_through != before {
+            let target = match sent_through.get(lane) {
+                Some(max) => ack.acked_through.min(*max),
+                // A lane not sent this time may only move back (a restored hub).
+                None => ack.acked_through.min(before),
+            };
+            store.set_acked(*lane, target)?;
+            if target != before {
                 progress = true;
             }
             for q in &ack.quarantined {
@@ -309,7 +329,11 @@ async fn round(
                 }
                 report.lane_errors.push(format!("{lane}: {}", e.message));
                 store.set_meta("last_lane_error", &format!("{lane}: {} ({})", e.message, e.code))?;
-                blocked.push(*lane);
+                // A newly held-back lane frees the batch for the lanes after it.
+                if !blocked.contains(lane) {
+                    blocked.push(*lane);
+                    progress = true;
+                }
             }
         }
         store.observe_clock(Hlc(resp.hub_hlc))?;
