@@ -3,7 +3,8 @@
 //! It recomputes everything by brute force over the full set of writes and
 //! ledger rows, with no incremental state, so it can judge the real store
 //! (which maintains heads incrementally in SQLite as changes arrive in any
-//! order). The seeded protocol simulation will live here too.
+//! order). The seeded protocol simulation of real tills and a real hub over
+//! a faulty network lives in [`sim`].
 
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,6 +12,8 @@ use tillsync_core::change::LedgerRow;
 use tillsync_core::merge::{EXISTS_FIELD, Policy, Write, WriteId, conflict_id};
 use tillsync_core::{Change, ConflictStatus, Op};
 use uuid::Uuid;
+
+pub mod sim;
 
 /// Everything ever written, as a set.
 #[derive(Default, Debug, Clone)]
@@ -22,7 +25,12 @@ pub struct Model {
 impl Model {
     /// Adds every operation of a change (duplicates collapse: it is a set).
     pub fn add(&mut self, c: &Change) {
-        for op in &c.ops {
+        self.add_ops(&c.ops);
+    }
+
+    /// Adds operations (duplicates collapse).
+    pub fn add_ops(&mut self, ops: &[Op]) {
+        for op in ops {
             match op {
                 Op::Write(w) => {
                     self.writes.insert(w.id, w.clone());
