@@ -398,3 +398,33 @@ fn scheduled_backups_run_in_node_run_and_show_in_status() {
     assert!(seen >= 1, "no scheduled backup within the time");
     ok(&["backup", "verify", "--from", p(&bk), "--passphrase-file", p(&pw), "--json"]);
 }
+
+#[test]
+fn a_standalone_till_attaches_to_a_hub_with_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"));
+    let (solo, other) = (tmp.path().join("solo"), tmp.path().join("other"));
+    sample_till(&solo);
+    ok(&["product", "add", "--data", p(&solo), "--sku", "SOLO1", "--name", "Solo item", "--price", "3", "--json"]);
+    let sale = ok(&["sale", "--data", p(&solo), "--item", "SOLO1:2", "--item", "ESPRESSO", "--pay", "cash", "--json"]);
+    let before = ok(&["status", "--data", p(&solo), "--json"]);
+    let r = ok(&["node", "attach", "--data", p(&solo), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    assert!(r["sync_error"].is_null(), "{r}");
+    assert!(r["ledger_rows"].as_u64().unwrap() > 0, "{r}");
+    assert!(Path::new(r["old_data"].as_str().unwrap()).join("till.db").exists(), "the standalone folder is kept");
+    let after = ok(&["status", "--data", p(&solo), "--json"]);
+    assert_eq!(after["mode"], "hub");
+    assert_ne!(after["device_id"], before["device_id"], "a new device of the hub");
+    assert_eq!(after["pending_total"], 0, "its history was pushed: {after}");
+    // Another till of the store sees the standalone till's sale and product.
+    ok(&["node", "init", "--data", p(&other), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    let ids = sale_ids(&other);
+    assert!(ids.contains(&sale["sale_id"].as_str().unwrap().to_string()), "{ids:?}");
+    assert_eq!(ok(&["product", "show", "--data", p(&other), "--sku", "SOLO1", "--json"])["price_minor"], 300);
+    ok(&["sync", "--data", p(&solo), "--json"]);
+    assert_eq!(digest(&solo), hub.digest());
+    assert_eq!(digest(&other), hub.digest());
+    // Attaching twice is refused.
+    let e = fails(&["node", "attach", "--data", p(&solo), "--hub", &hub.url, "--code", &hub.code()]);
+    assert!(e.contains("already syncs"), "{e}");
+}
