@@ -1237,7 +1237,7 @@ impl Sim {
             Resp::Push(p) => {
                 let now = self.till_now(t);
                 let mut errors = vec![];
-                apply_push_answer(self.tills[t].store(), &p, now, &mut vec![], &mut errors)
+                apply_push_answer(self.tills[t].store(), &p, now, &mut vec![], &mut errors, &BTreeMap::new())
                     .map_err(|e| format!("{name}: {e}"))?;
                 self.note_lane_errors(t, &errors);
             }
@@ -1833,12 +1833,19 @@ fn apply_push_answer(
     now_ms: u64,
     blocked: &mut Vec<Lane>,
     errors: &mut Vec<(Lane, String)>,
+    sent_through: &BTreeMap<Lane, u64>,
 ) -> R<bool> {
     let mut progress = false;
     for (lane, ack) in &resp.lanes {
         let before = store.acked(*lane).ctx("acked")?;
-        store.set_acked(*lane, ack.acked_through).ctx("set_acked")?;
-        if ack.acked_through != before {
+        // As the node: never acknowledge more than was sent; a lane not sent
+        // may only move back (a restored hub).
+        let target = match sent_through.get(lane) {
+            Some(max) => ack.acked_through.min(*max),
+            None => ack.acked_through.min(before),
+        };
+        store.set_acked(*lane, target).ctx("set_acked")?;
+        if target != before {
             progress = true;
         }
         // Nothing the simulation sends is malformed: a quarantine is a fault.
@@ -1855,7 +1862,10 @@ fn apply_push_answer(
             if e.code != "sequence_reused" {
                 return Err(format!("the hub refused lane {lane}: {} ({})", e.message, e.code));
             }
-            blocked.push(*lane);
+            if !blocked.contains(lane) {
+                blocked.push(*lane);
+                progress = true;
+            }
         }
     }
     store.observe_clock(Hlc(resp.hub_hlc)).ctx("observe clock")?;
@@ -1878,6 +1888,8 @@ fn node_round(
     let mut out = RoundOutcome::default();
     let mut blocked: Vec<Lane> = vec![];
     let mut loops = 0;
+    // As the node: the first push of a round goes even when empty.
+    let mut first = true;
     loop {
         loops += 1;
         if loops > PUSH_LOOPS_MAX {
@@ -1896,8 +1908,14 @@ fn node_round(
                 changes.push(WireChange::from_change(&p.change, p.digest));
             }
         }
-        if changes.is_empty() {
+        if changes.is_empty() && !first {
             break;
+        }
+        first = false;
+        let mut sent_through: BTreeMap<Lane, u64> = BTreeMap::new();
+        for c in &changes {
+            let e = sent_through.entry(c.lane).or_default();
+            *e = (*e).max(c.seq);
         }
         out.round.pushed += changes.iter().filter(|c| !refused.contains(&c.lane)).count() as u64;
         let seqs: Vec<String> = changes.iter().map(|c| format!("{}#{}", c.lane, c.seq)).collect();
@@ -1908,7 +1926,7 @@ fn node_round(
                 return Ok(out);
             }
             Some(Resp::Push(p)) => {
-                if !apply_push_answer(store, &p, now_ms, &mut blocked, &mut out.errors)? {
+                if !apply_push_answer(store, &p, now_ms, &mut blocked, &mut out.errors, &sent_through)? {
                     break;
                 }
             }
