@@ -216,13 +216,8 @@ pub async fn sync_with(
     let result = round(store, client, &now_ms, &mut report, opts).await;
     store.set_meta("sync_running", "0")?;
     store.set_meta("progress", "")?;
-    let add = |store: &Store, key: &str, n: u64| -> Result<(), SyncError> {
-        let v: u64 = store.get_meta(key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
-        store.set_meta(key, &(v + n).to_string())?;
-        Ok(())
-    };
-    add(store, "pushed_total", report.pushed)?;
-    add(store, "pulled_total", report.pulled)?;
+    store.add_meta_u64("pushed_total", report.pushed)?;
+    store.add_meta_u64("pulled_total", report.pulled)?;
     match &result {
         Ok(()) => {
             store.set_meta("last_sync_ms", &now_ms().to_string())?;
@@ -234,7 +229,7 @@ pub async fn sync_with(
         }
         Err(e) => {
             store.set_meta("last_error", &e.to_string())?;
-            add(store, "failures", 1)?;
+            store.add_meta_u64("failures", 1)?;
             match e {
                 SyncError::Network(_) | SyncError::Tls(_) => store.set_meta("net_reachable", "false")?,
                 _ if e.is_revoked() => store.set_meta("hub_status", "revoked")?,
@@ -296,9 +291,7 @@ async fn round(
         }
         let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes }).await?;
         for (lane, b) in bytes {
-            let key = format!("bytes_sent_{lane}");
-            let v: u64 = store.get_meta(&key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
-            store.set_meta(&key, &(v + b).to_string())?;
+            store.add_meta_u64(&format!("bytes_sent_{lane}"), b)?;
         }
         done += sent;
         if sent > 0 {
@@ -370,8 +363,7 @@ async fn round(
         let received: u64 =
             page.entries.iter().map(|e| serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0)).sum();
         if received > 0 {
-            let v: u64 = store.get_meta("bytes_received")?.and_then(|v| v.parse().ok()).unwrap_or(0);
-            store.set_meta("bytes_received", &(v + received).to_string())?;
+            store.add_meta_u64("bytes_received", received)?;
         }
         store.set_meta("progress", &format!("{}/{}", report.pulled, report.pulled + page.remaining))?;
         if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {

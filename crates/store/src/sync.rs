@@ -108,6 +108,12 @@ impl Store {
         self.meta_get(key)
     }
 
+    /// Adds to a counter kept in the database (sync totals, bytes per lane).
+    pub fn add_meta_u64(&self, key: &str, n: u64) -> Result<(), StoreError> {
+        let v: u64 = self.meta_get(key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        self.meta_set(key, &(v + n).to_string())
+    }
+
     /// Sets a node setting or figure.
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta_set(key, value)
