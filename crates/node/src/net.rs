@@ -1,11 +1,15 @@
 //! The network as the operating system sees it: interfaces and their type
 //! from /sys (Wi-Fi has a `wireless` folder or a `phy80211` link, cellular
 //! modems say `DEVTYPE=wwan`), Wi-Fi signal from /proc/net/wireless, and
-//! whether the hub really answers. Metered comes from the config
-//! (`auto` treats a cellular primary link as metered).
+//! whether the hub really answers. Metered comes from the config; under
+//! `auto` it comes from NetworkManager's `Metered` property over D-Bus where
+//! NetworkManager runs (read with systemd's `busctl`, so no D-Bus library is
+//! linked), else a cellular primary link counts as metered.
 
 use serde::Serialize;
 use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// One network interface.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -108,12 +112,23 @@ pub fn primary(ifaces: &[Interface]) -> Option<&Interface> {
 /// Builds the view from interfaces, the configured metered setting and the
 /// last probe.
 pub fn view(ifaces: Vec<Interface>, metered_setting: &str, reachable: Option<bool>) -> NetworkView {
+    view_with(ifaces, metered_setting, None, reachable)
+}
+
+/// As [`view`], with NetworkManager's answer (`None`: it does not run or
+/// does not know), which decides under `auto`.
+pub fn view_with(
+    ifaces: Vec<Interface>,
+    metered_setting: &str,
+    nm_metered: Option<bool>,
+    reachable: Option<bool>,
+) -> NetworkView {
     let p = primary(&ifaces).cloned();
     let kind = p.as_ref().map_or("none".to_string(), |i| i.kind.clone());
     let metered = match metered_setting {
         "yes" => true,
         "no" => false,
-        _ => kind == "cellular",
+        _ => nm_metered.unwrap_or(kind == "cellular"),
     };
     let hub = match (reachable, p.is_some()) {
         (Some(true), _) => "reachable",
@@ -133,12 +148,83 @@ pub fn view(ifaces: Vec<Interface>, metered_setting: &str, reachable: Option<boo
 
 /// The machine's real view.
 pub fn current(metered_setting: &str, reachable: Option<bool>) -> NetworkView {
-    view(interfaces(Path::new("/sys/class/net"), Path::new("/proc/net/wireless")), metered_setting, reachable)
+    let nm = if metered_setting == "auto" { nm_metered() } else { None };
+    view_with(interfaces(Path::new("/sys/class/net"), Path::new("/proc/net/wireless")), metered_setting, nm, reachable)
+}
+
+/// How long NetworkManager's answer is reused: status is read several
+/// times a second by the UI, and a process per read would be wasteful.
+const NM_CACHE_MS: u64 = 5_000;
+/// Longest the D-Bus call may take before NetworkManager counts as absent.
+const NM_TIMEOUT_MS: u64 = 500;
+
+static NM_CACHE: Mutex<Option<(Instant, Option<bool>)>> = Mutex::new(None);
+
+/// NetworkManager's view of whether the primary connection is metered, over
+/// the system D-Bus; `None` where it does not run or cannot tell.
+pub fn nm_metered() -> Option<bool> {
+    if let Ok(guard) = NM_CACHE.lock()
+        && let Some((at, v)) = *guard
+        && at.elapsed() < Duration::from_millis(NM_CACHE_MS)
+    {
+        return v;
+    }
+    let v = std::process::Command::new("busctl")
+        .args([
+            "--system",
+            &format!("--timeout={}ms", NM_TIMEOUT_MS),
+            "get-property",
+            "org.freedesktop.NetworkManager",
+            "/org/freedesktop/NetworkManager",
+            "org.freedesktop.NetworkManager",
+            "Metered",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| parse_nm_metered(&String::from_utf8_lossy(&o.stdout)));
+    if let Ok(mut guard) = NM_CACHE.lock() {
+        *guard = Some((Instant::now(), v));
+    }
+    v
+}
+
+/// Parses `busctl get-property ... Metered` output (`u N`): NetworkManager's
+/// NMMetered enum is 0 unknown, 1 yes, 2 no, 3 guess-yes, 4 guess-no.
+pub fn parse_nm_metered(out: &str) -> Option<bool> {
+    let mut words = out.split_whitespace();
+    if words.next()? != "u" {
+        return None;
+    }
+    match words.next()?.parse::<u32>().ok()? {
+        1 | 3 => Some(true),
+        2 | 4 => Some(false),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_manager_metered_answers_are_parsed_and_decide_under_auto() {
+        assert_eq!(parse_nm_metered("u 1\n"), Some(true));
+        assert_eq!(parse_nm_metered("u 3"), Some(true));
+        assert_eq!(parse_nm_metered("u 2"), Some(false));
+        assert_eq!(parse_nm_metered("u 4\n"), Some(false));
+        assert_eq!(parse_nm_metered("u 0"), None, "unknown falls back to the link type");
+        assert_eq!(parse_nm_metered("s \"x\""), None);
+        assert_eq!(parse_nm_metered(""), None);
+        let eth = vec![Interface { name: "eth0".into(), kind: "ethernet".into(), up: true, signal: None }];
+        assert!(view_with(eth.clone(), "auto", Some(true), None).metered, "NetworkManager says metered");
+        assert!(!view_with(eth.clone(), "auto", None, None).metered, "ethernet is not metered by itself");
+        assert!(!view_with(eth.clone(), "no", Some(true), None).metered, "the config overrides NetworkManager");
+        let cell = vec![Interface { name: "wwan0".into(), kind: "cellular".into(), up: true, signal: None }];
+        assert!(!view_with(cell, "auto", Some(false), None).metered, "NetworkManager overrides the cellular guess");
+    }
 
     fn fake(root: &Path, name: &str, ty: u32, up: bool, extra: &[(&str, &str)]) {
         let d = root.join(name);

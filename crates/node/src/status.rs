@@ -61,8 +61,10 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     });
     let network = net::current(&config.network.metered, if standalone { None } else { reachable });
     let mut bytes = serde_json::Map::new();
+    let mut bytes_in = serde_json::Map::new();
     for lane in tillsync_core::Lane::ALL {
         bytes.insert(lane.to_string(), json!(meta_u64(store, &format!("bytes_sent_{lane}"))?));
+        bytes_in.insert(lane.to_string(), json!(meta_u64(store, &format!("bytes_received_{lane}"))?));
     }
     let mut v = serde_json::to_value(&s).map_err(|e| StoreError::Io(e.to_string()))?;
     let o = v.as_object_mut().expect("status is an object");
@@ -100,6 +102,7 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     o.insert("failures".into(), json!(failures));
     o.insert("bytes_sent".into(), Value::Object(bytes));
     o.insert("bytes_received".into(), json!(meta_u64(store, "bytes_received")?));
+    o.insert("bytes_received_by_lane".into(), Value::Object(bytes_in));
     o.insert("last_backup_at".into(), json!(store.get_meta("last_backup_at")?.and_then(|v| v.parse::<u64>().ok())));
     o.insert("last_backup_error".into(), json!(store.get_meta("last_backup_error")?.filter(|e| !e.is_empty())));
     Ok(v)

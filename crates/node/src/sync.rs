@@ -360,10 +360,22 @@ async fn round(
             }
         }
         report.pulled += page.entries.len() as u64;
-        let received: u64 =
-            page.entries.iter().map(|e| serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0)).sum();
-        if received > 0 {
-            store.add_meta_u64("bytes_received", received)?;
+        // Received bytes are counted per lane as sent bytes are; an entry's
+        // lane follows from its operations, as it did on the sending till.
+        let mut received: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
+        let mut at = 0;
+        for e in &page.entries {
+            let n = e.ops.len();
+            let lane = tillsync_core::change::lane_for(store.schema(), &ops[at..at + n]).unwrap_or(Lane::Telemetry);
+            at += n;
+            *received.entry(lane).or_default() += serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0);
+        }
+        for (lane, b) in &received {
+            store.add_meta_u64(&format!("bytes_received_{lane}"), *b)?;
+        }
+        let total: u64 = received.values().sum();
+        if total > 0 {
+            store.add_meta_u64("bytes_received", total)?;
         }
         store.set_meta("progress", &format!("{}/{}", report.pulled, report.pulled + page.remaining))?;
         if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {

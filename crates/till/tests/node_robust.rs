@@ -960,3 +960,127 @@ fn killed_round_leaves_no_stale_syncing_state() {
     sync(&a);
     assert_eq!(status(&a)["state"], "synced");
 }
+
+// ---------------------------------------------------------------------------
+// 8. Metered links: which lanes push, bytes per lane, large pulls deferred
+// ---------------------------------------------------------------------------
+
+#[test]
+fn metered_link_pushes_only_its_lanes_counts_bytes_and_defers_large_pulls() {
+    let w = world();
+    let a = w.dir("a");
+    let b = w.dir("b");
+    w.t.enrol(&w.hub.url, &a, "Till A");
+    w.t.enrol(&w.hub.url, &b, "Till B");
+    config_set(&a, "network.metered", "yes");
+    let net = json(&["network", "--data", p(&a)]);
+    assert_eq!(net["metered"], true, "metered = yes in the config: {net}");
+
+    // A sale and a price change on the metered till: only the sale goes
+    // (the default metered lanes are sales and stock).
+    let sale = sell(&a, "ESPRESSO:1");
+    ok(&["product", "update", "--data", p(&a), "--sku", "LATTE", "--price", "3.95"]);
+    let r = json(&["sync", "--data", p(&a)]);
+    assert_eq!(r["pushed"], 1, "only the sale is pushed on a metered link: {r}");
+    let st = status(&a);
+    assert_eq!(st["pending"]["sales"], 0, "{st}");
+    assert_eq!(st["pending"]["catalog"], 1, "the catalogue waits for an unmetered link: {st}");
+    assert!(st["bytes_sent"]["sales"].as_u64() > Some(0), "sent bytes are counted on the sales lane: {st}");
+    assert_eq!(st["bytes_sent"]["catalog"], 0, "nothing was sent on the catalogue lane: {st}");
+    let on_hub = hub_sales(&w.t, &w.hub.url, &w.dir("observer"));
+    assert_eq!(on_hub.len(), 1);
+    assert_eq!(on_hub[0]["sale_id"], sale["sale_id"]);
+
+    // Another till sells more than a metered pull may fetch: the metered
+    // till pulls one page and defers the rest; `--force` pulls it all.
+    let many: u64 = 3_000;
+    ok(&["sell-loop", "--data", p(&b), "--count", &many.to_string()]);
+    sync_until_clean(&b, 50);
+    let r = json(&["sync", "--data", p(&a)]);
+    assert_eq!(r["deferred_pull"], true, "a large pull waits on a metered link: {r}");
+    let first = r["pulled"].as_u64().expect("pulled");
+    assert!(first < many, "the metered till pulled only part of the backlog: {r}");
+    let st = status(&a);
+    assert!(
+        st["bytes_received_by_lane"]["sales"].as_u64() > Some(0),
+        "received bytes are counted on the sales lane: {st}"
+    );
+    let r = json(&["sync", "--data", p(&a), "--force"]);
+    assert_eq!(r["deferred_pull"], false, "--force pulls on a metered link: {r}");
+    assert!(first + r["pulled"].as_u64().expect("pulled") >= many, "the rest arrived: {r}");
+    assert_eq!(status(&a)["pending"]["catalog"], 1, "--force does not push the held lanes: {}", status(&a));
+
+    // Back on an unmetered link the catalogue change goes too, and every
+    // till and the hub agree.
+    config_set(&a, "network.metered", "no");
+    let r = json(&["sync", "--data", p(&a)]);
+    assert!(r["pushed"].as_u64() >= Some(1), "{r}");
+    let st = status(&a);
+    assert_eq!(st["pending_total"], 0, "{st}");
+    assert!(st["bytes_sent"]["catalog"].as_u64() > Some(0), "{st}");
+    sync_until_clean(&b, 10);
+    let hub_digest = w.t.digest();
+    assert_eq!(status(&a)["state_digest"], hub_digest);
+    assert_eq!(status(&b)["state_digest"], hub_digest);
+    assert_eq!(sales(&a).len() as u64, many + 1);
+}
+
+// ---------------------------------------------------------------------------
+// 9. Prometheus metrics on the node and the hub
+// ---------------------------------------------------------------------------
+
+/// Reads one sample (`name` or `name{labels}`) from a Prometheus text page.
+fn sample(page: &str, name: &str) -> u64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{page}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+#[test]
+fn metrics_on_the_node_and_the_hub() {
+    let tmp = TempDir::new().expect("tempdir");
+    let hub_dir = tmp.path().join("hub");
+    let t = sample_tenant(&hub_dir, "Metrics Cafe");
+    let metrics_addr = format!("127.0.0.1:{}", free_port());
+    let mut hub = Hub::try_start_with(&hub_dir, "127.0.0.1:0", &["--metrics", &metrics_addr]).expect("hub");
+    let a = tmp.path().join("a");
+    t.enrol(&hub.url, &a, "Till A");
+    config_set(&a, "sync.backoff_base_ms", "5000");
+    let runner = Runner::start(&a, &["--interval", "60"], &[]);
+    runner.wait_round(Duration::from_secs(10), "at start", |_| true);
+    sell(&a, "ESPRESSO:1");
+    runner.wait_round(Duration::from_secs(10), "that pushes the sale", |v| v["pushed"].as_u64() >= Some(1));
+
+    let (code, node) = http(&runner.api, "GET", "/metrics");
+    assert_eq!(code, 200, "{node}");
+    assert!(node.contains("# TYPE tillsync_node_sync_rounds_total counter"), "{node}");
+    assert!(sample(&node, "tillsync_node_sync_rounds_total") >= 2, "the start round and the sale's round: {node}");
+    assert_eq!(sample(&node, "tillsync_node_sync_failures_total"), 0, "{node}");
+    assert_eq!(sample(&node, "tillsync_node_queue_depth{lane=\"sales\"}"), 0, "{node}");
+
+    let (code, hub_page) = http(&metrics_addr, "GET", "/metrics");
+    assert_eq!(code, 200, "{hub_page}");
+    assert!(sample(&hub_page, "tillsync_hub_pushes_total") >= 1, "{hub_page}");
+    assert!(sample(&hub_page, "tillsync_hub_changes_pushed_total") >= 1, "{hub_page}");
+    assert!(sample(&hub_page, "tillsync_hub_pulls_total") >= 1, "{hub_page}");
+    // Metrics are on their own listener, not on the public API.
+    let (code, _) = http(hub.url.trim_start_matches("http://"), "GET", "/metrics");
+    assert_eq!(code, 404, "the hub's public address does not serve metrics");
+
+    // With the hub gone, failures, backoff and the queue show.
+    hub.kill();
+    sell(&a, "ESPRESSO:1");
+    let node = poll(Duration::from_secs(10), Duration::from_millis(50), "a failed round is counted", || {
+        let (_, page) = http(&runner.api, "GET", "/metrics");
+        (sample(&page, "tillsync_node_sync_failures_total") >= 1).then_some(page)
+    });
+    assert!(sample(&node, "tillsync_node_sync_failures_total") >= 1, "{node}");
+    assert!(sample(&node, "tillsync_node_backoff_ms") > 0, "{node}");
+    assert_eq!(sample(&node, "tillsync_node_queue_depth{lane=\"sales\"}"), 1, "{node}");
+}

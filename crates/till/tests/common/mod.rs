@@ -151,9 +151,15 @@ impl Hub {
     /// Starts the hub on `listen`; Err if it exits before printing its
     /// address (e.g. the port is still taken).
     pub fn try_start(data: &Path, listen: &str) -> Result<Hub, String> {
-        let args = ["hub", "serve", "--data", p(data), "--listen", listen, "--json"];
+        Hub::try_start_with(data, listen, &[])
+    }
+
+    /// As `try_start`, with more `hub serve` arguments (e.g. `--metrics`).
+    pub fn try_start_with(data: &Path, listen: &str, extra: &[&str]) -> Result<Hub, String> {
+        let mut args = vec!["hub", "serve", "--data", p(data), "--listen", listen, "--json"];
+        args.extend_from_slice(extra);
         let mut child = base_command()
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
