@@ -107,11 +107,17 @@ impl WireChange {
 }
 
 /// POST /v1/push
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PushRequest {
     /// The device's wall clock, for skew measurement.
     pub device_time_ms: u64,
     pub changes: Vec<WireChange>,
+    /// The highest sequence the device has written per lane (pushed or
+    /// not). A hub holding a higher sequence of the device knows that a copy
+    /// of its folder wrote it: the copy that stayed silent is caught too.
+    /// Optional in v1: older nodes omit it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub written_through: BTreeMap<Lane, u64>,
 }
 
 /// What the hub did with one lane of a push.

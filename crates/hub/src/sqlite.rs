@@ -252,6 +252,29 @@ impl SqliteHub {
     }
 }
 
+/// A hub holding a higher sequence of a device than the device says it has
+/// written knows that a copy of the device's folder wrote it (the copy that
+/// stayed silent is caught this way; the one that writes is caught by
+/// `sequence_reused`). Such a lane is answered `sequence_reused` too, and
+/// never acknowledged past what the device wrote.
+pub fn flag_copied_folder(lanes: &mut BTreeMap<Lane, LaneAck>, written_through: &BTreeMap<Lane, u64>) {
+    for (lane, written) in written_through {
+        if let Some(ack) = lanes.get_mut(lane)
+            && ack.acked_through > *written
+        {
+            ack.error = Some(ErrorBody {
+                code: "sequence_reused".into(),
+                message: format!(
+                    "the hub holds {lane} change #{} of this device but it wrote only through #{written}: its folder was copied to another till",
+                    ack.acked_through
+                ),
+                expected: None,
+            });
+            ack.acked_through = *written;
+        }
+    }
+}
+
 /// The compaction horizon: log positions at or below it are gone.
 fn horizon(conn: &Connection) -> Result<u64, HubError> {
     Ok(conn
@@ -700,6 +723,7 @@ impl HubStorage for SqliteHub {
                     ..LaneAck::default()
                 });
             }
+            flag_copied_folder(&mut lanes, &req.written_through);
             Ok(lanes)
         })?;
         let hub_hlc = store.clock().0;

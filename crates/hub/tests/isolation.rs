@@ -325,7 +325,7 @@ fn pending_request(node: &Store) -> PushRequest {
             changes.push(WireChange::from_change(&p.change, p.digest));
         }
     }
-    PushRequest { device_time_ms: now(), changes }
+    PushRequest { device_time_ms: now(), changes, ..Default::default() }
 }
 
 fn sell(node: &mut Store, sku: &str) -> Uuid {

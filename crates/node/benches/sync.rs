@@ -587,7 +587,11 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
                 base_rows(c, &mut rows);
             }
             base_txns.push(rows);
-            reqs.push(PushRequest { device_time_ms: now, changes: chunk.iter().map(wire).collect() });
+            reqs.push(PushRequest {
+                device_time_ms: now,
+                changes: chunk.iter().map(wire).collect(),
+                ..Default::default()
+            });
         }
         work.push((client, reqs));
     }
@@ -1041,7 +1045,7 @@ fn push_inproc(hub: &SqliteHub, setup: &HubSetup, devices: usize, total: usize, 
                     wire(&if mixed { dev.mixed(*made - 1, now) } else { dev.sale(now) })
                 })
                 .collect();
-            let req = PushRequest { device_time_ms: t0, changes };
+            let req = PushRequest { device_time_ms: t0, changes, ..Default::default() };
             let t = Instant::now();
             let (resp, _) = hub.push(auth, &req, now_ms()).expect("in-process push");
             spent += t.elapsed();

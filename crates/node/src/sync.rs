@@ -289,7 +289,8 @@ async fn round(
         for c in &changes {
             *bytes.entry(c.lane).or_default() += serde_json::to_string(&c.ops).map(|j| j.len() as u64).unwrap_or(0);
         }
-        let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes }).await?;
+        let written_through = store.written_through()?;
+        let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes, written_through }).await?;
         for (lane, b) in bytes {
             store.add_meta_u64(&format!("bytes_sent_{lane}"), b)?;
         }

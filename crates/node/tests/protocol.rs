@@ -222,3 +222,31 @@ async fn a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew() {
     assert!(a.status().unwrap().clock_warning.is_none());
     h.server.abort();
 }
+
+#[tokio::test]
+async fn a_copied_folder_is_caught_even_when_the_original_stays_silent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(&tmp.path().join("hub")).await;
+    let (da, dc) = (tmp.path().join("a"), tmp.path().join("copy"));
+    let mut a = till(&h, &da, 1).await;
+    sell(&mut a);
+    sync(&da, &mut a).await;
+    drop(a);
+    copy_dir(&da, &dc);
+    let mut a = Store::open(&da, tillsync_core::Schema::standard(), IdGen::from_u64(7)).unwrap();
+    let mut copy = Store::open(&dc, tillsync_core::Schema::standard(), IdGen::from_u64(8)).unwrap();
+    // Only the copy sells: no sequence is ever reused.
+    sell(&mut copy);
+    sync(&dc, &mut copy).await;
+    // The original, which wrote nothing new, says it wrote through #1 while
+    // the hub holds #2 of its device: the device is stopped as forked.
+    let c = client_for(&da, &a).unwrap();
+    let err = sync_once(&mut a, &c, now).await.expect_err("the original is told its folder was copied");
+    assert!(err.to_string().contains("copied"), "{err}");
+    let c = client_for(&dc, &copy).unwrap();
+    let err = sync_once(&mut copy, &c, now).await.expect_err("the copy is stopped too");
+    assert!(err.is_revoked(), "forked devices are stopped: {err}");
+    let devices = h.hub.devices(h.tenant).unwrap();
+    assert!(devices.iter().any(|d| d.status == "forked"), "{devices:?}");
+    h.server.abort();
+}

@@ -26,7 +26,11 @@
 //! - the hub crash-restarts (dropped and reopened from its folder), compacts
 //!   its log, or is restored from a copy of its folder taken earlier;
 //! - a till folder is cloned: a new till opens a copy of the files (same
-//!   device id, same sequences) and writes too;
+//!   device id, same sequences) and writes too; once the hub stops the
+//!   device as forked (a reused sequence, or a copy that says it wrote less
+//!   than the hub holds), each copy is replaced by a successor enrolled anew
+//!   that carries its unsynced changes (`export-pending`, enrol,
+//!   `import-pending`, as an operator does);
 //! - a new till enrols late and bootstraps from a snapshot.
 //!
 //! Then the network heals (in-flight requests and late responses arrive,
@@ -34,12 +38,13 @@
 //! pending and a whole pass pulls nothing (bounded). The checks:
 //! - every change a till made is on the hub under its (device, lane,
 //!   sequence) with the same digest, or, when a clone took that sequence
-//!   first, is still pending on its till (never silently acknowledged);
-//!   nothing of a refused change is merged anywhere;
+//!   first, is still pending on its till (never silently acknowledged) and
+//!   reaches the hub through its successor; nothing of a refused change is
+//!   merged anywhere;
 //! - invariant 1: every sale a till committed is once on the hub and on
 //!   every converged till; the hub holds no other sales; no receipt twice;
-//! - invariant 2: converged tills (clones, and originals a clone pre-empted,
-//!   excluded) have equal digests, equal to the hub's `store_digest`;
+//! - invariant 2: converged tills (retired copies excluded) have equal
+//!   digests, equal to the hub's `store_digest`;
 //! - invariant 3: heads, values, existence, conflicts and stock of the
 //!   products touched and ledger row counts equal the reference [`Model`]
 //!   fed with every accepted change and the hub's own seed changes.
@@ -466,6 +471,11 @@ struct Till {
     /// Whether it merged a snapshot during the run (late enrolment,
     /// expired cursor): it then lacks superseded writes.
     bootstrapped: bool,
+    /// The hub stopped its device as forked (a copied folder): the till was
+    /// replaced by a successor enrolled anew that carries its unsynced
+    /// changes, as an operator does (`export-pending`, enrol, `import-pending`).
+    /// A retired till no longer acts; its outbox is still checked.
+    retired: bool,
 }
 
 impl Till {
@@ -497,6 +507,8 @@ struct Classified {
     lost: Vec<Change>,
     /// Originals whose sequences a clone took first.
     preempted: BTreeSet<usize>,
+    /// Unsynced changes of retired tills, carried over to their successors.
+    carried: Vec<Change>,
 }
 
 /// What one sync round did.
@@ -539,6 +551,8 @@ struct Sim {
     /// (device, lane, seq) stored from a clone group: which till stored it
     /// and whether the hub had already detected the clone then.
     stored_by: BTreeMap<(Uuid, Lane, u64), (usize, bool)>,
+    /// Devices the hub stopped as forked: their tills get successors.
+    forked: BTreeSet<Uuid>,
     next_dir: usize,
 }
 
@@ -619,6 +633,7 @@ impl Sim {
             heal_passes: 0,
             detected: BTreeSet::new(),
             stored_by: BTreeMap::new(),
+            forked: BTreeSet::new(),
             next_dir: 0,
             rng,
         };
@@ -658,6 +673,7 @@ impl Sim {
                 life: 0,
                 reused: BTreeSet::new(),
                 bootstrapped: false,
+                retired: false,
             });
         }
         Ok(sim)
@@ -720,6 +736,7 @@ impl Sim {
             life: 0,
             reused: BTreeSet::new(),
             bootstrapped: true,
+            retired: false,
         });
         Ok(self.tills.len() - 1)
     }
@@ -735,11 +752,63 @@ impl Sim {
         self.check()
     }
 
+    /// A till that still acts (not retired).
     fn any_till(&mut self) -> usize {
-        self.rng.index(self.tills.len())
+        let active: Vec<usize> = (0..self.tills.len()).filter(|t| !self.tills[*t].retired).collect();
+        active[self.rng.index(active.len())]
+    }
+
+    /// Replaces every till whose device the hub stopped as forked.
+    fn replace_forked(&mut self) -> R<()> {
+        for t in 0..self.tills.len() {
+            if !self.tills[t].retired && self.forked.contains(&self.tills[t].auth.device_id) {
+                self.successor(t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What an operator does for a till the hub stopped as forked: save its
+    /// unsynced changes, enrol a new device in a new folder (bootstrapped
+    /// from the snapshot) and import them there; the old folder is retired.
+    fn successor(&mut self, t: usize) -> R<()> {
+        let pending = self.tills[t].st().export_pending().ctx("export pending")?;
+        let n = self.tills.len() + 1;
+        let dir = self.fresh_dir("successor");
+        let ids = IdGen::from_u64(self.rng.u64());
+        let (mut store, auth, prefix, cursor) =
+            enrol_till(self.hub(), self.tenant, self.store_id, &dir, n, self.now, ids)?;
+        let now = self.till_now(t);
+        let imported = store.import_pending(now, &pending).ctx("import pending")?;
+        let old = self.tills[t].name.clone();
+        self.tills[t].retired = true;
+        self.tills[t].late.clear();
+        let offset_ms = self.tills[t].offset_ms;
+        self.count("successor");
+        self.log(format!(
+            "{old} was stopped as forked: successor {prefix} device={} cursor={cursor} carries {} pending change(s): {imported:?}",
+            auth.device_id,
+            pending.changes.len()
+        ));
+        self.tills.push(Till {
+            name: prefix,
+            dir,
+            store: Some(store),
+            auth,
+            offset_ms,
+            clone_of: None,
+            partition_until: 0,
+            late: VecDeque::new(),
+            life: 0,
+            reused: BTreeSet::new(),
+            bootstrapped: true,
+            retired: false,
+        });
+        Ok(())
     }
 
     fn act(&mut self) -> R<()> {
+        self.replace_forked()?;
         let roll = self.rng.below(1000);
         let t = self.any_till();
         match roll {
@@ -935,6 +1004,9 @@ impl Sim {
         let mut found = None;
         for i in 0..self.tills.len() {
             let t = (first + i) % self.tills.len();
+            if self.tills[t].retired {
+                continue;
+            }
             let open: Vec<_> = self.tills[t]
                 .st()
                 .conflicts()
@@ -1048,6 +1120,7 @@ impl Sim {
             life: 0,
             reused: BTreeSet::new(),
             bootstrapped: self.tills[t].bootstrapped,
+            retired: false,
         });
         self.count("clone");
         self.log(format!("{} folder cloned as {name}", self.tills[t].name));
@@ -1108,6 +1181,13 @@ impl Sim {
             && p.lanes.values().any(|a| a.error.as_ref().is_some_and(|e| e.code == "sequence_reused"))
         {
             self.detected.insert(auth.device_id);
+            // The hub stops the device in every lane after this answer.
+            self.forked.insert(auth.device_id);
+        }
+        if let Resp::Err { code, .. } = &resp
+            && code == "forked"
+        {
+            self.forked.insert(auth.device_id);
         }
         Ok(resp)
     }
@@ -1227,6 +1307,9 @@ impl Sim {
 
     /// The till processes its oldest late answer as it processes any answer.
     fn process_late(&mut self, t: usize) -> R<()> {
+        if self.tills[t].retired {
+            self.tills[t].late.clear();
+        }
         let Some(r) = self.tills[t].late.pop_front() else {
             return Ok(());
         };
@@ -1289,6 +1372,7 @@ impl Sim {
             self.tills[t].bootstrapped = true;
             self.count("rebootstrap");
         }
+        self.replace_forked()?;
         Ok(out.round)
     }
 
@@ -1312,16 +1396,21 @@ impl Sim {
             self.heal_passes = pass;
             self.log(format!("heal pass {pass}"));
             let mut moved = 0;
+            self.replace_forked()?;
             for t in 0..self.tills.len() {
+                if self.tills[t].retired {
+                    continue;
+                }
                 let r = self.sync(t)?;
-                if r.failed {
+                // A till stopped as forked in this round has a successor now.
+                if r.failed && !self.tills[t].retired {
                     return Err(format!("{}: a round failed on a healed network", self.tills[t].name));
                 }
                 // Changes a blocked lane keeps offering do not count.
                 moved += r.pulled + r.pushed;
             }
             let mut pending = 0;
-            for t in &self.tills {
+            for t in self.tills.iter().filter(|t| !t.retired) {
                 for (lane, n) in t.st().pending().ctx("pending")? {
                     if !t.reused.contains(&lane_of(&lane)?) {
                         pending += n;
@@ -1380,6 +1469,9 @@ impl Sim {
                 let receipts = receipts_in(c);
                 match hub_seqs.get(&(dev, lane, seq)) {
                     Some(h) if h == mine => k.accepted.push(c.clone()),
+                    // Not on the hub as this till made it and not
+                    // acknowledged: exported and carried by the successor.
+                    _ if till.retired && acked < seq => k.carried.push(c.clone()),
                     Some(h) => {
                         // Which other copy of the device made what the hub holds.
                         let winner = (0..self.tills.len()).find(|o| {
@@ -1447,7 +1539,7 @@ impl Sim {
 
     fn check(&mut self) -> R<()> {
         let mut problems: Vec<String> = vec![];
-        let Classified { accepted, refused, lost, preempted } = self.classify(&mut problems)?;
+        let Classified { accepted, refused, lost, preempted, carried } = self.classify(&mut problems)?;
         // Nothing of a refused change may be merged anywhere.
         let mut accepted_ids: BTreeSet<String> = BTreeSet::new();
         for c in &accepted {
@@ -1464,8 +1556,20 @@ impl Sim {
                 }
             }
         }
-        let checked: Vec<usize> =
-            (0..self.tills.len()).filter(|t| self.tills[*t].clone_of.is_none() && !preempted.contains(t)).collect();
+        // A carried change reached the hub through the successor (the same
+        // operation ids in an accepted change).
+        for c in &carried {
+            let missing: Vec<String> = c.ops.iter().map(op_id).filter(|id| !accepted_ids.contains(id)).collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "carried change lost: {} {} #{} of a retired till never reached the hub through its successor ({missing:?})",
+                    c.device, c.lane, c.seq
+                ));
+            }
+        }
+        let checked: Vec<usize> = (0..self.tills.len())
+            .filter(|t| !self.tills[*t].retired && self.tills[*t].clone_of.is_none() && !preempted.contains(t))
+            .collect();
         for &t in &preempted {
             self.notes
                 .push(format!("{} excluded from convergence: a clone took some of its sequences", self.tills[t].name));
@@ -1504,6 +1608,7 @@ impl Sim {
             .iter()
             .chain(refused.iter().map(|(_, c)| c))
             .chain(lost.iter())
+            .chain(carried.iter())
             .flat_map(|c| c.ops.iter())
             .filter_map(|op| match op {
                 Op::Insert(r) if r.table == tables::SALES => Some(r.id),
@@ -1920,7 +2025,8 @@ fn node_round(
         out.round.pushed += changes.iter().filter(|c| !refused.contains(&c.lane)).count() as u64;
         let seqs: Vec<String> = changes.iter().map(|c| format!("{}#{}", c.lane, c.seq)).collect();
         net.log(format!("pushes {}", seqs.join(" ")));
-        match net.call(Req::Push(PushRequest { device_time_ms: now_ms, changes }))? {
+        let written_through = store.written_through().ctx("written through")?;
+        match net.call(Req::Push(PushRequest { device_time_ms: now_ms, changes, written_through }))? {
             None => {
                 out.round.failed = true;
                 return Ok(out);

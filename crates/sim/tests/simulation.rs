@@ -18,12 +18,10 @@ fn env_u64(key: &str) -> Option<u64> {
 
 #[test]
 fn simulation() {
-    // CI runs every fault kind except the three with known open protocol
-    // bugs (hub restore, cloned folders, compaction; see issue 3's notes):
-    // `TILL_SIM_FAULTS=all` runs them too.
-    let faults =
-        Faults::parse(&std::env::var("TILL_SIM_FAULTS").unwrap_or_else(|_| "-restore,-clone,-compaction".into()))
-            .unwrap();
+    // CI runs every fault kind except a hub restored to an earlier state,
+    // whose pull-cursor bug is still open (issue 3's notes):
+    // `TILL_SIM_FAULTS=all` runs it too.
+    let faults = Faults::parse(&std::env::var("TILL_SIM_FAULTS").unwrap_or_else(|_| "-restore".into())).unwrap();
     let seeds: Vec<u64> = match env_u64("TILL_SIM_SEED") {
         Some(s) => vec![s],
         None => (0..env_u64("TILL_SIM_SEEDS").unwrap_or(1000)).collect(),

@@ -396,10 +396,9 @@ impl Store {
     pub fn digests_for(&self, store: Option<Uuid>) -> Result<(String, String), StoreError> {
         let mut state = StateDigest::default();
         let mut tenant = StateDigest::default();
-        let mut st = self.conn.prepare(
-            "SELECT w.id, w.tbl, w.row_id, w.field, w.value, w.base FROM heads h JOIN writes w ON w.id = h.write_id
-             ORDER BY h.tbl, h.row_id, h.field, h.write_id",
-        )?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, tbl, row_id, field, value, base FROM writes ORDER BY tbl, row_id, field, id")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let w = Write {
@@ -512,16 +511,18 @@ fn product_row(d: &Value) -> ProductRow {
 }
 
 impl Store {
-    /// The merged state of a scope as operations: every current head of
-    /// every record row (tombstones included) and every ledger row of
-    /// `store` (all stores when `None`). Applying them to an empty till
-    /// gives the same heads, values, conflicts and digest.
+    /// The merged state of a scope as operations: every write of every
+    /// record row (heads, tombstones and the writes they superseded) and
+    /// every ledger row of `store` (all stores when `None`). Applying them
+    /// to an empty till gives the same heads, values, conflicts and digest.
+    /// Superseded writes are included because a till that bootstraps again
+    /// may hold an old head: it must learn what superseded it, even when the
+    /// hub's log no longer has the entries in between (compaction).
     pub fn snapshot_ops(&self, store: Option<Uuid>) -> Result<Vec<tillsync_core::Op>, StoreError> {
         let mut out = Vec::new();
-        let mut st = self.conn.prepare(
-            "SELECT w.id, w.tbl, w.row_id, w.field, w.value, w.base FROM heads h JOIN writes w ON w.id = h.write_id
-             ORDER BY h.tbl, h.row_id, h.field, h.write_id",
-        )?;
+        let mut st = self
+            .conn
+            .prepare("SELECT id, tbl, row_id, field, value, base FROM writes ORDER BY tbl, row_id, field, id")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             out.push(tillsync_core::Op::Write(Write {

@@ -49,6 +49,20 @@ impl Store {
             as u64)
     }
 
+    /// The highest sequence written per lane (0 for a lane never written).
+    pub fn written_through(&self) -> Result<std::collections::BTreeMap<Lane, u64>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT lane, next_seq - 1 FROM lanes")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in rows {
+            let (lane, n) = r?;
+            if let Some(lane) = Lane::parse(&lane) {
+                out.insert(lane, n.max(0) as u64);
+            }
+        }
+        Ok(out)
+    }
+
     /// Records the hub's acknowledgement of a lane. A lower value than before
     /// means the hub was restored: the changes above it are sent again.
     pub fn set_acked(&self, lane: Lane, acked_through: u64) -> Result<(), StoreError> {

@@ -132,6 +132,7 @@ fn main() {
                         .iter()
                         .map(|p| tillsync_core::wire::WireChange::from_change(&p.change, p.digest.clone()))
                         .collect(),
+                    ..Default::default()
                 };
                 let r = client.push(&req).await.unwrap();
                 assert!(r.lanes[&Lane::Sales].error.is_none());
