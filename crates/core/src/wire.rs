@@ -112,12 +112,12 @@ pub struct PushRequest {
     /// The device's wall clock, for skew measurement.
     pub device_time_ms: u64,
     pub changes: Vec<WireChange>,
-    /// The highest sequence the device has written per lane (pushed or
-    /// not). A hub holding a higher sequence of the device knows that a copy
-    /// of its folder wrote it: the copy that stayed silent is caught too.
-    /// Optional in v1: older nodes omit it.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub written_through: BTreeMap<Lane, u64>,
+    /// The device found that the hub acknowledges sequences of its lanes
+    /// that it never wrote: a copy of its folder wrote them. The hub stops
+    /// the device (both copies) as forked. This catches the copy that stays
+    /// silent, which never reuses a sequence. Optional in v1.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copied: bool,
 }
 
 /// What the hub did with one lane of a push.
@@ -159,7 +159,7 @@ pub struct Entry {
 }
 
 /// GET /v1/pull response.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PullResponse {
     pub entries: Vec<Entry>,
     /// Pull again from here.
@@ -170,6 +170,13 @@ pub struct PullResponse {
     #[serde(default)]
     pub remaining: u64,
     pub hub_time_ms: u64,
+    /// The hub's log chain at `cursor` (a hash over every entry up to it).
+    /// The till sends it back with its next pull (`tag`); a hub whose log
+    /// differs there (restored to an earlier state, then written again)
+    /// answers `cursor_expired` instead of skipping the entries it now has
+    /// under positions the till already passed. Optional in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_tag: Option<String>,
 }
 
 /// GET /v1/snapshot response: the merged state of the device's scope.
@@ -177,6 +184,9 @@ pub struct PullResponse {
 pub struct Snapshot {
     /// Pull from here after applying the snapshot.
     pub cursor: u64,
+    /// The log chain at `cursor` (see [`PullResponse::cursor_tag`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_tag: Option<String>,
     pub ops: Vec<WireOp>,
 }
 

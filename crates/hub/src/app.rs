@@ -290,7 +290,13 @@ struct PullQuery {
     after: u64,
     #[serde(default = "default_limit")]
     limit: usize,
+    /// The hub's log chain at `after`, as the till was given it.
+    #[serde(default)]
+    tag: Option<String>,
 }
+
+/// Longest pull tag accepted (a SHA-256 in hex is 64).
+const TAG_LEN_MAX: usize = 128;
 
 fn default_limit() -> usize {
     500
@@ -302,7 +308,10 @@ async fn pull(
     QueryArgs(q): QueryArgs<PullQuery>,
 ) -> Result<Response, HubError> {
     let storage = st.storage.clone();
-    let r = blocking(move || storage.pull(&dev, q.after, q.limit, now_ms())).await;
+    if q.tag.as_ref().is_some_and(|t| t.len() > TAG_LEN_MAX) {
+        return Err(HubError::bad("bad_query", format!("tag longer than {TAG_LEN_MAX} characters")));
+    }
+    let r = blocking(move || storage.pull_tagged(&dev, q.after, q.tag.as_deref(), q.limit, now_ms())).await;
     use std::sync::atomic::Ordering::Relaxed;
     st.metrics.pulls.fetch_add(1, Relaxed);
     match &r {

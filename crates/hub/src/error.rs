@@ -15,7 +15,7 @@ pub enum HubError {
     #[error("this needs the tenant's admin token")]
     Forbidden,
     #[error(
-        "this device's data folder was copied to another till: both copies are stopped; on each, save unsynced changes with `till export-pending`, enrol again with a new code and `till import-pending`"
+        "this device's data folder was copied to another till: both copies are stopped; on each, save its changes with `till export-pending --all`, enrol again with a new code and `till import-pending`"
     )]
     Forked,
     #[error("{0} not found")]

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS codes(
 const TENANT_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS hub_log(
     pos INTEGER PRIMARY KEY AUTOINCREMENT, store TEXT, device TEXT NOT NULL, lane TEXT NOT NULL,
-    seq INTEGER NOT NULL, ops TEXT NOT NULL, bytes INTEGER NOT NULL, received_ms INTEGER NOT NULL
+    seq INTEGER NOT NULL, ops TEXT NOT NULL, bytes INTEGER NOT NULL, received_ms INTEGER NOT NULL,
+    chain TEXT
 );
 CREATE TABLE IF NOT EXISTS hub_seqs(
     device TEXT NOT NULL, lane TEXT NOT NULL, seq INTEGER NOT NULL, digest TEXT NOT NULL,
@@ -181,6 +182,16 @@ impl SqliteHub {
             Store::create(&dir, identity, self.schema.clone(), seed)?
         };
         store.connection().execute_batch(TENANT_SQL)?;
+        // Tenant files made before the log chain existed get its column.
+        let has_chain: bool = store
+            .connection()
+            .query_row("SELECT count(*) FROM pragma_table_info('hub_log') WHERE name = 'chain'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)?;
+        if !has_chain {
+            store.connection().execute_batch("ALTER TABLE hub_log ADD COLUMN chain TEXT")?;
+        }
         let store = Arc::new(Mutex::new(store));
         {
             let mut s = store.lock().expect("tenant");
@@ -252,27 +263,12 @@ impl SqliteHub {
     }
 }
 
-/// A hub holding a higher sequence of a device than the device says it has
-/// written knows that a copy of the device's folder wrote it (the copy that
-/// stayed silent is caught this way; the one that writes is caught by
-/// `sequence_reused`). Such a lane is answered `sequence_reused` too, and
-/// never acknowledged past what the device wrote.
-pub fn flag_copied_folder(lanes: &mut BTreeMap<Lane, LaneAck>, written_through: &BTreeMap<Lane, u64>) {
-    for (lane, written) in written_through {
-        if let Some(ack) = lanes.get_mut(lane)
-            && ack.acked_through > *written
-        {
-            ack.error = Some(ErrorBody {
-                code: "sequence_reused".into(),
-                message: format!(
-                    "the hub holds {lane} change #{} of this device but it wrote only through #{written}: its folder was copied to another till",
-                    ack.acked_through
-                ),
-                expected: None,
-            });
-            ack.acked_through = *written;
-        }
-    }
+/// The highest log position ever assigned (AUTOINCREMENT keeps it even when
+/// compaction emptied the log).
+fn assigned_pos(conn: &Connection) -> Result<u64, HubError> {
+    Ok(conn.query_row("SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'hub_log'), 0)", [], |r| {
+        r.get::<_, i64>(0)
+    })? as u64)
 }
 
 /// The compaction horizon: log positions at or below it are gone.
@@ -297,6 +293,10 @@ impl SqliteHub {
         let new_horizon = (max_pos as u64).saturating_sub(keep_len).max(horizon(conn)?);
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let r = (|| -> Result<(), HubError> {
+            // The chain at the horizon stays checkable after its entry goes.
+            if let Some(c) = chain_at(conn, new_horizon)? {
+                state_set(conn, "horizon_chain", &c)?;
+            }
             conn.execute("DELETE FROM hub_log WHERE pos <= ?1", [new_horizon as i64])?;
             conn.execute(
                 "INSERT INTO hub_state(key, value) VALUES ('horizon', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -342,8 +342,12 @@ fn insert_log(
     now_ms: u64,
 ) -> Result<u64, HubError> {
     let json = serde_json::to_string(ops)?;
+    // The chain links every entry to all before it, so a till's cursor can
+    // be checked against the log it was taken from (see `pull`).
+    let prev = state_get(conn, "chain")?.unwrap_or_default();
+    let chain = sha(&format!("{prev}\n{device}\n{}\n{seq}\n{json}", lane.as_str()));
     conn.prepare_cached(
-        "INSERT INTO hub_log(store, device, lane, seq, ops, bytes, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO hub_log(store, device, lane, seq, ops, bytes, received_ms, chain) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         store.map(|s| s.to_string()),
@@ -352,9 +356,42 @@ fn insert_log(
         seq as i64,
         json,
         json.len() as i64,
-        now_ms as i64
+        now_ms as i64,
+        chain
     ])?;
-    Ok(conn.last_insert_rowid() as u64)
+    let pos = conn.last_insert_rowid() as u64;
+    state_set(conn, "chain", &chain)?;
+    Ok(pos)
+}
+
+fn state_get(conn: &Connection, key: &str) -> Result<Option<String>, HubError> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM hub_state WHERE key = ?1")?
+        .query_row([key], |r| r.get::<_, String>(0))
+        .optional()?)
+}
+
+fn state_set(conn: &Connection, key: &str, value: &str) -> Result<(), HubError> {
+    conn.prepare_cached(
+        "INSERT INTO hub_state(key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([key, value])?;
+    Ok(())
+}
+
+/// The log chain at a position: the entry's own, or the one kept when
+/// compaction removed it; `None` when the log has no chain there (entries
+/// from before the chain existed, or position 0).
+fn chain_at(conn: &Connection, pos: u64) -> Result<Option<String>, HubError> {
+    let row: Option<Option<String>> = conn
+        .prepare_cached("SELECT chain FROM hub_log WHERE pos = ?1")?
+        .query_row([pos as i64], |r| r.get(0))
+        .optional()?;
+    match row {
+        Some(c) => Ok(c),
+        None if pos > 0 && pos == horizon(conn)? => state_get(conn, "horizon_chain"),
+        None => Ok(None),
+    }
 }
 
 /// Why a pushed change cannot be applied (it is quarantined instead).
@@ -591,6 +628,14 @@ impl HubStorage for SqliteHub {
         if req.changes.len() > PUSH_LEN_MAX {
             return Err(HubError::bad("too_many_changes", format!("push at most {PUSH_LEN_MAX} changes at once")));
         }
+        if req.copied {
+            self.control.lock().expect("control").execute(
+                "UPDATE devices SET status = 'forked' WHERE id = ?1 AND status = 'active'",
+                [dev.device_id.to_string()],
+            )?;
+            tracing::warn!(device = %dev.device_id, "device reports a copied folder: device stopped");
+            return Err(HubError::Forked);
+        }
         let quota: i64 = self.control.lock().expect("control").query_row(
             "SELECT quota_changes FROM tenants WHERE id = ?1",
             [dev.tenant_id.to_string()],
@@ -620,14 +665,27 @@ impl HubStorage for SqliteHub {
             }
             if !others.is_empty() {
                 let c = self.control.lock().expect("control");
-                let mut st = c.prepare_cached("SELECT store FROM devices WHERE id = ?1 AND tenant = ?2")?;
+                let mut st = c.prepare_cached("SELECT tenant, store FROM devices WHERE id = ?1")?;
                 for o in others.iter().take(1_000) {
-                    let store: Option<String> =
-                        st.query_row(params![o, dev.tenant_id.to_string()], |r| r.get(0)).optional()?;
-                    if let (Some(s), Ok(id)) = (store, Uuid::parse_str(o))
-                        && let Ok(s) = Uuid::parse_str(&s)
-                    {
-                        relayed.insert(id, s);
+                    let Ok(id) = Uuid::parse_str(o) else { continue };
+                    let row: Option<(String, String)> =
+                        st.query_row(params![o], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                    match row {
+                        Some((tenant, store)) if tenant == dev.tenant_id.to_string() => {
+                            if let Ok(s) = Uuid::parse_str(&store) {
+                                relayed.insert(id, s);
+                            }
+                        }
+                        // Another tenant's device: never a valid origin.
+                        Some(_) => {}
+                        // A device this hub does not know (enrolled after the
+                        // backup a restored hub came from): its changes come
+                        // back through a till of the same store, so they count
+                        // as that store's. Claiming it gains nothing a till
+                        // could not do under its own id.
+                        None => {
+                            relayed.insert(id, dev.store_id);
+                        }
                     }
                 }
             }
@@ -723,7 +781,6 @@ impl HubStorage for SqliteHub {
                     ..LaneAck::default()
                 });
             }
-            flag_copied_folder(&mut lanes, &req.written_through);
             Ok(lanes)
         })?;
         let hub_hlc = store.clock().0;
@@ -747,6 +804,17 @@ impl HubStorage for SqliteHub {
     }
 
     fn pull(&self, dev: &DeviceAuth, after: u64, limit_len: usize, now_ms: u64) -> Result<PullResponse, HubError> {
+        self.pull_tagged(dev, after, None, limit_len, now_ms)
+    }
+
+    fn pull_tagged(
+        &self,
+        dev: &DeviceAuth,
+        after: u64,
+        tag: Option<&str>,
+        limit_len: usize,
+        now_ms: u64,
+    ) -> Result<PullResponse, HubError> {
         let limit = limit_len.clamp(1, PULL_LEN_MAX);
         let t = self.tenant(dev.tenant_id)?;
         let store = t.lock().expect("tenant");
@@ -762,6 +830,25 @@ impl HubStorage for SqliteHub {
                     "the hub compacted its log up to {horizon}: bootstrap again from /v1/snapshot (your outbox is kept)"
                 ),
             ));
+        }
+        // A tagged cursor must name this log: past its end, or with another
+        // chain at its position, the hub was restored to an earlier state
+        // and has since filled positions the till already passed.
+        if let Some(tag) = tag
+            && after > 0
+        {
+            let assigned = assigned_pos(conn)?;
+            let differs = match chain_at(conn, after)? {
+                _ if after > assigned => true,
+                Some(chain) => chain != tag,
+                None => false,
+            };
+            if differs {
+                return Err(HubError::bad(
+                    "cursor_expired",
+                    "the hub's log differs from the one this till pulled from (the hub was restored): bootstrap again from /v1/snapshot (your outbox is kept)",
+                ));
+            }
         }
         let max_pos: i64 = conn.query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
         let mut st = conn.prepare_cached(
@@ -785,7 +872,12 @@ impl HubStorage for SqliteHub {
         // An upper bound (other stores' entries are counted too): cheap, and
         // enough for a progress bar.
         let remaining = if more { (max_pos as u64).saturating_sub(cursor) } else { 0 };
-        Ok(PullResponse { entries, cursor, more, remaining, hub_time_ms: now_ms })
+        let cursor_tag = match chain_at(conn, cursor)? {
+            Some(c) => Some(c),
+            None if cursor == after => tag.map(str::to_string),
+            None => None,
+        };
+        Ok(PullResponse { entries, cursor, more, remaining, hub_time_ms: now_ms, cursor_tag })
     }
 
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {
@@ -800,7 +892,9 @@ impl HubStorage for SqliteHub {
             |r| r.get(0),
         )?;
         let ops = store.snapshot_ops(Some(dev.store_id))?;
-        Ok(Snapshot { cursor: cursor as u64, ops: ops.iter().map(WireOp::from).collect() })
+        // The newest chain is the chain at the highest assigned position.
+        let cursor_tag = state_get(store.connection(), "chain")?;
+        Ok(Snapshot { cursor: cursor as u64, cursor_tag, ops: ops.iter().map(WireOp::from).collect() })
     }
 
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError> {

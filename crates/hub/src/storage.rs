@@ -53,6 +53,22 @@ pub trait HubStorage: Send + Sync + 'static {
     fn push(&self, dev: &DeviceAuth, req: &PushRequest, now_ms: u64) -> Result<(PushResponse, Vec<Notice>), HubError>;
     /// Log entries after `after` in the device's scope.
     fn pull(&self, dev: &DeviceAuth, after: u64, limit_len: usize, now_ms: u64) -> Result<PullResponse, HubError>;
+    /// As `pull`, checking the till's `tag` (the log chain it was given with
+    /// its cursor) against the log: a mismatch, or a cursor past the end of
+    /// the log, means the hub was restored to an earlier state and is
+    /// answered `cursor_expired`. A backend without a log chain ignores the
+    /// tag (the default) and answers no `cursor_tag`.
+    fn pull_tagged(
+        &self,
+        dev: &DeviceAuth,
+        after: u64,
+        tag: Option<&str>,
+        limit_len: usize,
+        now_ms: u64,
+    ) -> Result<PullResponse, HubError> {
+        let _ = tag;
+        self.pull(dev, after, limit_len, now_ms)
+    }
     /// The merged state of the device's scope and the cursor it matches.
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
     /// Devices of a tenant.

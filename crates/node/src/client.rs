@@ -162,10 +162,15 @@ impl HubClient {
         self.post("/v1/push", req).await
     }
 
-    /// Pulls one page after a cursor.
-    pub async fn pull(&self, after: u64, limit: usize) -> Result<PullResponse, SyncError> {
-        self.send(self.request(reqwest::Method::GET, "/v1/pull").query(&[("after", after), ("limit", limit as u64)]))
-            .await
+    /// Pulls one page after a cursor (with the hub's tag of that cursor,
+    /// when the till has one).
+    pub async fn pull(&self, after: u64, tag: Option<&str>, limit: usize) -> Result<PullResponse, SyncError> {
+        let mut req =
+            self.request(reqwest::Method::GET, "/v1/pull").query(&[("after", after), ("limit", limit as u64)]);
+        if let Some(tag) = tag {
+            req = req.query(&[("tag", tag)]);
+        }
+        self.send(req).await
     }
 
     /// The merged state of this device's scope.

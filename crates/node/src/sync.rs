@@ -173,7 +173,15 @@ pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), Sync
         .map(Op::try_from)
         .collect::<Result<_, _>>()
         .map_err(|e| SyncError::Network(format!("the hub's snapshot is malformed: {e}")))?;
-    store.apply_pulled(&ops, snap.cursor)?;
+    // What this till holds and the hub lacks (a hub restored to an earlier
+    // state) goes back to the hub with the next push.
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let relayed = store.relay_missing(now, &ops)?;
+    if relayed > 0 {
+        tracing::warn!(relayed, "the hub lacks changes this till holds (was it restored?): sending them back");
+    }
+    store.apply_pulled_tagged(&ops, snap.cursor, snap.cursor_tag.as_deref())?;
     Ok(())
 }
 
@@ -289,8 +297,7 @@ async fn round(
         for c in &changes {
             *bytes.entry(c.lane).or_default() += serde_json::to_string(&c.ops).map(|j| j.len() as u64).unwrap_or(0);
         }
-        let written_through = store.written_through()?;
-        let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes, written_through }).await?;
+        let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes, ..Default::default() }).await?;
         for (lane, b) in bytes {
             store.add_meta_u64(&format!("bytes_sent_{lane}"), b)?;
         }
@@ -330,6 +337,20 @@ async fn round(
                 }
             }
         }
+        // The hub acknowledging a sequence this till never wrote means a
+        // copy of its folder wrote it. Say so: the hub stops the device and
+        // both copies carry their changes to a new enrolment. (The answer's
+        // acknowledgements were taken first: after a hub restore they move
+        // back, and they decide what the till carries over.)
+        let written = store.written_through()?;
+        if resp.lanes.iter().any(|(lane, a)| a.acked_through > written.get(lane).copied().unwrap_or(0)) {
+            client.push(&PushRequest { device_time_ms: now_ms(), copied: true, ..Default::default() }).await?;
+            return Err(SyncError::Hub {
+                status: 401,
+                code: "forked".into(),
+                message: "the hub holds changes of this till that it never made: its folder was copied".into(),
+            });
+        }
         store.observe_clock(Hlc(resp.hub_hlc))?;
         store.set_meta("skew_ms", &resp.skew_ms.to_string())?;
         report.skew_ms = resp.skew_ms;
@@ -341,7 +362,8 @@ async fn round(
     // Pull every page; each page is applied with its cursor in one transaction.
     for _ in 0..PULL_PAGES_MAX {
         let cursor = store.pull_cursor()?;
-        let page = match client.pull(cursor, PULL_PAGE_LEN).await {
+        let tag = store.pull_cursor_tag()?;
+        let page = match client.pull(cursor, tag.as_deref(), PULL_PAGE_LEN).await {
             Ok(p) => p,
             Err(SyncError::Hub { code, .. }) if code == "cursor_expired" => {
                 // The outbox was pushed above; the snapshot merges into this
@@ -386,8 +408,8 @@ async fn round(
         // nothing was pushed.
         report.skew_ms = now_ms() as i64 - page.hub_time_ms as i64;
         store.set_meta("skew_ms", &report.skew_ms.to_string())?;
-        if page.cursor != cursor || !ops.is_empty() {
-            store.apply_pulled(&ops, page.cursor)?;
+        if page.cursor != cursor || !ops.is_empty() || page.cursor_tag != tag {
+            store.apply_pulled_tagged(&ops, page.cursor, page.cursor_tag.as_deref())?;
         }
         if !page.more || report.deferred_pull {
             break;

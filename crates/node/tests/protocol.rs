@@ -250,3 +250,56 @@ async fn a_copied_folder_is_caught_even_when_the_original_stays_silent() {
     assert!(devices.iter().any(|d| d.status == "forked"), "{devices:?}");
     h.server.abort();
 }
+
+#[tokio::test]
+async fn a_restored_hub_is_refilled_by_its_tills_and_no_till_skips_a_reused_position() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let h = start(&hub_dir).await;
+    let (da, db, dc) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
+    let mut a = till(&h, &da, 1).await;
+    let mut b = till(&h, &db, 2).await;
+    let mut c = till(&h, &dc, 3).await;
+    let backup = tmp.path().join("hub-backup");
+    copy_dir(&hub_dir, &backup);
+    // A sells and syncs; B pulls A's sale: B's cursor is past it.
+    let from_a = sell(&mut a);
+    sync(&da, &mut a).await;
+    sync(&db, &mut b).await;
+    assert!(b.sale_by_receipt(&from_a).is_ok());
+    let b_cursor = b.pull_cursor().unwrap();
+    // The hub is restored to the backup (before A's sale), and A is lost
+    // with it: B is the only one left holding A's sale.
+    let port: u16 = h.url.rsplit(':').next().unwrap().parse().unwrap();
+    h.server.abort();
+    let _ = h.server.await;
+    drop(h.hub);
+    drop(a);
+    std::fs::remove_dir_all(&da).unwrap();
+    std::fs::remove_dir_all(&hub_dir).unwrap();
+    copy_dir(&backup, &hub_dir);
+    let hub = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
+    let (_, server) = serve(hub.clone(), port).await;
+    // C sells: on the restored hub its sale takes the position A's had, which
+    // B's cursor has passed. A plain "after my cursor" pull would skip it.
+    let from_c = sell(&mut c);
+    sync(&dc, &mut c).await;
+    assert!(hub.pull(&observer(h.tenant, h.store), 0, 1_000, now()).unwrap().cursor >= b_cursor);
+    let r = sync(&db, &mut b).await;
+    assert!(r.rebootstrapped, "the changed log is noticed (cursor tag) and B bootstraps again");
+    assert!(b.sale_by_receipt(&from_c).is_ok(), "B did not skip C's sale at a reused position");
+    // B sent A's sale back to the hub, which had lost it.
+    sync(&db, &mut b).await;
+    sync(&dc, &mut c).await;
+    assert!(c.sale_by_receipt(&from_a).is_ok(), "A's sale came back to the hub through B");
+    let hub_digest = hub.store_digest(h.tenant, h.store).unwrap();
+    assert_eq!(b.digests().unwrap().0, hub_digest);
+    assert_eq!(c.digests().unwrap().0, hub_digest);
+    assert_eq!(c.sales_count().unwrap(), 2);
+    server.abort();
+}
+
+/// A device that wrote nothing: it pulls everything of the store.
+fn observer(tenant: uuid::Uuid, store: uuid::Uuid) -> tillsync_hub::DeviceAuth {
+    tillsync_hub::DeviceAuth { device_id: uuid::Uuid::from_u128(0x0b5e), tenant_id: tenant, store_id: store }
+}

@@ -29,7 +29,7 @@
 //!   device id, same sequences) and writes too; once the hub stops the
 //!   device as forked (a reused sequence, or a copy that says it wrote less
 //!   than the hub holds), each copy is replaced by a successor enrolled anew
-//!   that carries its unsynced changes (`export-pending`, enrol,
+//!   that carries its changes (`export-pending --all`, enrol,
 //!   `import-pending`, as an operator does);
 //! - a new till enrols late and bootstraps from a snapshot.
 //!
@@ -334,7 +334,7 @@ fn enrol_till(
     let mut s = Store::create(dir, identity, Schema::standard(), ids).ctx("create till")?;
     let auth = DeviceAuth { device_id: e.device_id, tenant_id: e.tenant_id, store_id: e.store_id };
     let snap = hub.snapshot(&auth).ctx("snapshot")?;
-    s.apply_pulled(&ops_of(&snap.ops)?, snap.cursor).ctx("bootstrap")?;
+    s.apply_pulled_tagged(&ops_of(&snap.ops)?, snap.cursor, snap.cursor_tag.as_deref()).ctx("bootstrap")?;
     Ok((s, auth, e.receipt_prefix, snap.cursor))
 }
 
@@ -419,7 +419,7 @@ impl Rng {
 #[derive(Clone, Debug)]
 enum Req {
     Push(PushRequest),
-    Pull { after: u64, limit: usize },
+    Pull { after: u64, tag: Option<String>, limit: usize },
     Snapshot,
 }
 
@@ -473,7 +473,7 @@ struct Till {
     bootstrapped: bool,
     /// The hub stopped its device as forked (a copied folder): the till was
     /// replaced by a successor enrolled anew that carries its unsynced
-    /// changes, as an operator does (`export-pending`, enrol, `import-pending`).
+    /// changes, as an operator does (`export-pending --all`, enrol, `import-pending`).
     /// A retired till no longer acts; its outbox is still checked.
     retired: bool,
 }
@@ -772,7 +772,7 @@ impl Sim {
     /// unsynced changes, enrol a new device in a new folder (bootstrapped
     /// from the snapshot) and import them there; the old folder is retired.
     fn successor(&mut self, t: usize) -> R<()> {
-        let pending = self.tills[t].st().export_pending().ctx("export pending")?;
+        let pending = self.tills[t].st().export_changes(true).ctx("export changes")?;
         let n = self.tills.len() + 1;
         let dir = self.fresh_dir("successor");
         let ids = IdGen::from_u64(self.rng.u64());
@@ -1161,7 +1161,9 @@ impl Sim {
         let before = if watch { self.hub_seqs()? } else { BTreeMap::new() };
         let r = match req {
             Req::Push(p) => self.hub().push(auth, p, now).map(|(r, _)| Resp::Push(r)),
-            Req::Pull { after, limit } => self.hub().pull(auth, *after, *limit, now).map(Resp::Pull),
+            Req::Pull { after, tag, limit } => {
+                self.hub().pull_tagged(auth, *after, tag.as_deref(), *limit, now).map(Resp::Pull)
+            }
             Req::Snapshot => self.hub().snapshot(auth).map(Resp::Snapshot),
         };
         let resp = match r {
@@ -1329,11 +1331,17 @@ impl Sim {
                 for e in &page.entries {
                     ops.extend(ops_of(&e.ops)?);
                 }
-                self.tills[t].store().apply_pulled(&ops, page.cursor).ctx("apply a late page")?;
+                self.tills[t]
+                    .store()
+                    .apply_pulled_tagged(&ops, page.cursor, page.cursor_tag.as_deref())
+                    .ctx("apply a late page")?;
             }
             Resp::Snapshot(s) => {
                 let ops = ops_of(&s.ops)?;
-                self.tills[t].store().apply_pulled(&ops, s.cursor).ctx("apply a late snapshot")?;
+                self.tills[t]
+                    .store()
+                    .apply_pulled_tagged(&ops, s.cursor, s.cursor_tag.as_deref())
+                    .ctx("apply a late snapshot")?;
                 self.tills[t].bootstrapped = true;
             }
             Resp::Err { .. } => {}
@@ -1471,7 +1479,7 @@ impl Sim {
                     Some(h) if h == mine => k.accepted.push(c.clone()),
                     // Not on the hub as this till made it and not
                     // acknowledged: exported and carried by the successor.
-                    _ if till.retired && acked < seq => k.carried.push(c.clone()),
+                    _ if till.retired => k.carried.push(c.clone()),
                     Some(h) => {
                         // Which other copy of the device made what the hub holds.
                         let winner = (0..self.tills.len()).find(|o| {
@@ -1876,7 +1884,9 @@ impl Transport for Direct<'_> {
     fn call(&mut self, req: Req) -> R<Option<Resp>> {
         let r = match &req {
             Req::Push(p) => self.hub.push(self.auth, p, self.now_ms).map(|(r, _)| Resp::Push(r)),
-            Req::Pull { after, limit } => self.hub.pull(self.auth, *after, *limit, self.now_ms).map(Resp::Pull),
+            Req::Pull { after, tag, limit } => {
+                self.hub.pull_tagged(self.auth, *after, tag.as_deref(), *limit, self.now_ms).map(Resp::Pull)
+            }
             Req::Snapshot => self.hub.snapshot(self.auth).map(Resp::Snapshot),
         };
         Ok(Some(match r {
@@ -1923,7 +1933,7 @@ pub fn sync_round(
 /// Merges the hub's snapshot into a till (`tillsync_node::sync::bootstrap`).
 pub fn bootstrap(store: &mut Store, hub: &dyn HubStorage, auth: &DeviceAuth) -> R<u64> {
     let snap = hub.snapshot(auth).ctx("snapshot")?;
-    store.apply_pulled(&ops_of(&snap.ops)?, snap.cursor).ctx("bootstrap")?;
+    store.apply_pulled_tagged(&ops_of(&snap.ops)?, snap.cursor, snap.cursor_tag.as_deref()).ctx("bootstrap")?;
     Ok(snap.cursor)
 }
 
@@ -2025,16 +2035,31 @@ fn node_round(
         out.round.pushed += changes.iter().filter(|c| !refused.contains(&c.lane)).count() as u64;
         let seqs: Vec<String> = changes.iter().map(|c| format!("{}#{}", c.lane, c.seq)).collect();
         net.log(format!("pushes {}", seqs.join(" ")));
-        let written_through = store.written_through().ctx("written through")?;
-        match net.call(Req::Push(PushRequest { device_time_ms: now_ms, changes, written_through }))? {
+        match net.call(Req::Push(PushRequest { device_time_ms: now_ms, changes, ..Default::default() }))? {
             None => {
                 out.round.failed = true;
                 return Ok(out);
             }
             Some(Resp::Push(p)) => {
-                if !apply_push_answer(store, &p, now_ms, &mut blocked, &mut out.errors, &sent_through)? {
+                let progress = apply_push_answer(store, &p, now_ms, &mut blocked, &mut out.errors, &sent_through)?;
+                // As the node: the hub acknowledging a sequence this till
+                // never wrote means a copy of its folder wrote it; report it
+                // (after taking the answer's acknowledgements, which may have
+                // moved back: they decide what the till carries over).
+                let written = store.written_through().ctx("written through")?;
+                if p.lanes.iter().any(|(lane, a)| a.acked_through > written.get(lane).copied().unwrap_or(0)) {
+                    net.log("finds its folder copied and reports it".into());
+                    net.call(Req::Push(PushRequest { device_time_ms: now_ms, copied: true, ..Default::default() }))?;
+                    out.round.failed = true;
+                    return Ok(out);
+                }
+                if !progress {
                     break;
                 }
+            }
+            Some(Resp::Err { code, .. }) if code == "forked" => {
+                out.round.failed = true;
+                return Ok(out);
             }
             Some(Resp::Err { code, message }) => return Err(format!("push refused: {message} ({code})")),
             Some(other) => return Err(format!("a push got {other:?}")),
@@ -2042,7 +2067,8 @@ fn node_round(
     }
     for _ in 0..10_000 {
         let cursor = store.pull_cursor().ctx("cursor")?;
-        match net.call(Req::Pull { after: cursor, limit: pull_page })? {
+        let tag = store.pull_cursor_tag().ctx("cursor tag")?;
+        match net.call(Req::Pull { after: cursor, tag: tag.clone(), limit: pull_page })? {
             None => {
                 out.round.failed = true;
                 return Ok(out);
@@ -2053,8 +2079,8 @@ fn node_round(
                     ops.extend(ops_of(&e.ops)?);
                 }
                 out.round.pulled += page.entries.len() as u64;
-                if page.cursor != cursor || !ops.is_empty() {
-                    store.apply_pulled(&ops, page.cursor).ctx("apply_pulled")?;
+                if page.cursor != cursor || !ops.is_empty() || page.cursor_tag != tag {
+                    store.apply_pulled_tagged(&ops, page.cursor, page.cursor_tag.as_deref()).ctx("apply_pulled")?;
                 }
                 if !page.more {
                     break;
@@ -2067,7 +2093,12 @@ fn node_round(
                 }
                 Some(Resp::Snapshot(s)) => {
                     let ops = ops_of(&s.ops)?;
-                    store.apply_pulled(&ops, s.cursor).ctx("bootstrap")?;
+                    // As the node: what the hub lacks goes back to it.
+                    let relayed = store.relay_missing(now_ms, &ops).ctx("relay missing")?;
+                    if relayed > 0 {
+                        net.log(format!("relays {relayed} operation(s) the hub lacks"));
+                    }
+                    store.apply_pulled_tagged(&ops, s.cursor, s.cursor_tag.as_deref()).ctx("bootstrap")?;
                     out.rebootstrapped = true;
                 }
                 Some(other) => return Err(format!("a snapshot got {other:?}")),

@@ -78,12 +78,25 @@ impl Store {
         Ok(self.meta_get("pull_cursor")?.and_then(|c| c.parse().ok()).unwrap_or(0))
     }
 
+    /// The hub's log chain at the pull cursor, sent back with the next pull
+    /// so that a hub restored to an earlier state is noticed.
+    pub fn pull_cursor_tag(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.meta_get("pull_cursor_tag")?.filter(|t| !t.is_empty()))
+    }
+
     /// Applies one pulled page and moves the cursor, in one transaction, so a
-    /// crash never skips or re-applies half a page.
+    /// crash never skips or re-applies half a page. The cursor's tag is
+    /// cleared (a page from a hub without log chains).
     pub fn apply_pulled(&mut self, ops: &[Op], cursor: u64) -> Result<usize, StoreError> {
+        self.apply_pulled_tagged(ops, cursor, None)
+    }
+
+    /// As `apply_pulled`, keeping the hub's tag of the new cursor with it.
+    pub fn apply_pulled_tagged(&mut self, ops: &[Op], cursor: u64, tag: Option<&str>) -> Result<usize, StoreError> {
         self.transaction(|s| {
             let n = s.apply_in_transaction(ops)?;
             s.meta_set("pull_cursor", &cursor.to_string())?;
+            s.meta_set("pull_cursor_tag", tag.unwrap_or(""))?;
             Ok::<_, StoreError>(n)
         })
     }
@@ -152,15 +165,65 @@ pub struct ImportReport {
     pub record_writes: u64,
 }
 
+/// Most operations in one change queued by `relay_missing`.
+pub const RELAY_CHANGE_LEN_MAX: usize = 100;
+
 /// The format tag of pending files.
 pub const PENDING_FORMAT: &str = "tillsync-pending-v1";
 
 impl Store {
+    /// Before merging a hub's snapshot: queues, as relays, every record write
+    /// and every ledger row of this till's store that the till holds but the
+    /// snapshot lacks and no pending change carries. A hub restored to an
+    /// earlier state has lost them; this till may be the only one left that
+    /// has them (its origin may be gone), so it sends them back. Ids are
+    /// kept, so a hub and tills that have them already store nothing twice.
+    /// Returns how many operations were queued.
+    pub fn relay_missing(&mut self, now_ms: u64, snapshot: &[Op]) -> Result<u64, StoreError> {
+        let id_of = |op: &Op| match op {
+            Op::Insert(r) => r.id.to_string(),
+            Op::Write(w) => w.id.to_string(),
+        };
+        let mut known: std::collections::HashSet<String> = snapshot.iter().map(id_of).collect();
+        for lane in Lane::ALL {
+            for p in self.pending_changes(lane, usize::MAX >> 1)? {
+                known.extend(p.change.ops.iter().map(id_of));
+            }
+        }
+        let missing: Vec<Op> = self
+            .snapshot_ops(Some(self.identity.store_id))?
+            .into_iter()
+            .filter(|op| !known.contains(&id_of(op)))
+            .collect();
+        // Several changes of bounded size, so each fits a push.
+        for chunk in missing.chunks(RELAY_CHANGE_LEN_MAX) {
+            self.write(now_ms, |l| {
+                for op in chunk {
+                    l.relay(op.clone())?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(missing.len() as u64)
+    }
+
     /// Every change not yet acknowledged by the hub, all lanes.
     pub fn export_pending(&self) -> Result<PendingFile, StoreError> {
+        self.export_changes(false)
+    }
+
+    /// Every change this till made (`all`), or only those not yet
+    /// acknowledged. A till stopped as forked exports all: an
+    /// acknowledgement it got may have been for its copy's change under the
+    /// same sequence, so "acknowledged" proves nothing about its own.
+    pub fn export_changes(&self, all: bool) -> Result<PendingFile, StoreError> {
         let mut changes = Vec::new();
         for lane in Lane::ALL {
-            changes.extend(self.pending_changes(lane, usize::MAX >> 1)?.into_iter().map(|p| p.change));
+            if all {
+                changes.extend(self.outbox(lane, 0, usize::MAX >> 1)?);
+            } else {
+                changes.extend(self.pending_changes(lane, usize::MAX >> 1)?.into_iter().map(|p| p.change));
+            }
         }
         Ok(PendingFile {
             format: PENDING_FORMAT.into(),

@@ -164,6 +164,10 @@ pub enum Command {
         /// The file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
+        /// Every change this till made, acknowledged or not (for a till the
+        /// hub stopped as forked: its acknowledgements may be its copy's).
+        #[arg(long)]
+        all: bool,
     },
     /// Bring exported changes into this till (same merchant); importing twice adds nothing.
     ImportPending {

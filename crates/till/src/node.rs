@@ -415,12 +415,12 @@ pub fn run(args: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::ExportPending { data, out } => {
+        Command::ExportPending { data, out, all } => {
             let store = open(&data.data)?;
             if out.exists() {
                 bail!("{} exists: choose a new file name", out.display());
             }
-            let file = store.export_pending()?;
+            let file = store.export_changes(all)?;
             let text = serde_json::to_string(&file)?;
             // Written under a temporary name, then renamed: never half a file.
             let tmp = out.with_extension("partial");

@@ -628,6 +628,30 @@ fn cloned_till_folder_is_detected_and_its_sale_is_not_dropped() {
         text.stderr
     );
     assert_ne!(st["hub_status"], "ok", "PRODUCT BUG: the copy's status says ok: {st}");
+
+    // What the operator does on each copy: export every change it made,
+    // enrol a fresh folder, import them there. Both sales reach the hub,
+    // each once, and every till agrees.
+    let mut successors = vec![];
+    for (i, dir) in [&a, &copy].into_iter().enumerate() {
+        let file = tmp.path().join(format!("carry-{i}.json"));
+        ok(&["export-pending", "--data", p(dir), "--out", p(&file), "--all"]);
+        let fresh = tmp.path().join(format!("successor-{i}"));
+        t.enrol(&hub.url, &fresh, &format!("Successor {i}"));
+        ok(&["import-pending", "--data", p(&fresh), "--file", p(&file)]);
+        sync(&fresh);
+        successors.push(fresh);
+    }
+    sync(&b);
+    let all = sales(&b);
+    for sale in [&first, &second] {
+        let n = all.iter().filter(|x| x["sale_id"] == sale["sale_id"]).count();
+        assert_eq!(n, 1, "sale {} is on the hub once after the carry-over: {all:?}", sale["receipt"]);
+    }
+    for dir in &successors {
+        sync(dir);
+        assert_eq!(status(dir)["state_digest"], status(&b)["state_digest"]);
+    }
 }
 
 #[test]
