@@ -257,7 +257,9 @@ impl Feed {
 /// (events `summary` and `details`).
 pub async fn stream(State(st): State<UiState>) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let rx = st.feed.subscribe(&st);
-    let s = tokio_stream::wrappers::WatchStream::new(rx)
+    // Only changes: the page was rendered with a fresh indicator, and the
+    // feed's value may be older (nobody was watching a moment ago).
+    let s = tokio_stream::wrappers::WatchStream::from_changes(rx)
         .filter(|(summary, _)| std::future::ready(!summary.is_empty()))
         .flat_map(|(summary, details)| {
             futures_util::stream::iter([

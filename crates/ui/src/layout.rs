@@ -59,8 +59,11 @@ fn shell(ctx: &Ctx, active: &str, title: &str, ind: &(String, String), flash: &[
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // htmx must not add inline styles or evaluate code: the CSP forbids both.
-                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false}"#;
+                // Style attributes are not settled either (an inline style is refused anyway).
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"attributesToSettle":["class","width","height"]}"#;
                 title { (title) " - Tillsync" }
+                // No favicon request: an empty data URL.
+                link rel="icon" href="data:,";
                 link rel="stylesheet" href=(assets::CSS);
                 script src=(assets::HTMX) defer {}
                 script src=(assets::HTMX_SSE) defer {}

@@ -95,7 +95,7 @@ pub fn router(state: UiState) -> Router {
         .route("/sell/scan", post(sell::scan))
         .route("/sell/line", post(sell::line))
         .route("/sell/cart", post(sell::cart))
-        .route("/sell/checkout", get(sell::checkout))
+        .route("/sell/checkout", get(sell::checkout).post(sell::to_checkout))
         .route("/sell/pay", post(sell::pay))
         .route("/receipt/{receipt}", get(sell::receipt))
         .route("/sales", get(sales::list))

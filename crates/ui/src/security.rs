@@ -31,15 +31,31 @@ pub fn same_origin(origin: &str, host: &str) -> bool {
     rest.is_some_and(|o| !host.is_empty() && o.eq_ignore_ascii_case(host))
 }
 
-/// Refuses a state-changing request whose `Origin` is present and is not
-/// the UI's own host: another web page cannot post to the till.
+/// Whether a state-changing request may come from this page: its
+/// `Sec-Fetch-Site`, when the browser sends one, must say same-origin, and
+/// its `Origin`, when present, must be the UI's own host. With the
+/// `no-referrer` policy browsers send `Origin: null` even on the UI's own
+/// forms, so `null` passes only beside `Sec-Fetch-Site: same-origin`.
+pub fn post_allowed(origin: Option<&str>, fetch_site: Option<&str>, host: &str) -> bool {
+    let site_ok = match fetch_site {
+        None => true,
+        Some(s) => s == "same-origin" || s == "none",
+    };
+    let origin_ok = match origin {
+        None => true,
+        Some("null") => fetch_site == Some("same-origin"),
+        Some(o) => same_origin(o, host),
+    };
+    site_ok && origin_ok
+}
+
+/// Refuses a state-changing request from another site (see [`post_allowed`]):
+/// another web page cannot post to the till.
 pub async fn verify_origin(req: Request, next: Next) -> Response {
     if !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        let cross_site = req.headers().get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
-        let bad_origin =
-            req.headers().get(header::ORIGIN).is_some_and(|o| !o.to_str().is_ok_and(|o| same_origin(o, host)));
-        if cross_site || bad_origin {
+        let h = |k: header::HeaderName| req.headers().get(k).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+        let host = h(header::HOST).unwrap_or("");
+        if !post_allowed(h(header::ORIGIN), h(header::HeaderName::from_static("sec-fetch-site")), host) {
             return (StatusCode::FORBIDDEN, "cross-site request refused: use the till's own pages").into_response();
         }
     }
@@ -56,5 +72,14 @@ mod tests {
         assert!(!same_origin("http://evil.example", "127.0.0.1:8441"));
         assert!(!same_origin("null", "127.0.0.1:8441"));
         assert!(!same_origin("http://127.0.0.1:8441", ""));
+        let host = "127.0.0.1:8441";
+        assert!(post_allowed(None, None, host), "curl");
+        assert!(post_allowed(Some("http://127.0.0.1:8441"), Some("same-origin"), host));
+        assert!(post_allowed(Some("null"), Some("same-origin"), host), "no-referrer form post");
+        assert!(!post_allowed(Some("null"), None, host));
+        assert!(!post_allowed(Some("null"), Some("cross-site"), host));
+        assert!(!post_allowed(Some("http://evil.example"), None, host));
+        assert!(!post_allowed(None, Some("cross-site"), host));
+        assert!(!post_allowed(None, Some("same-site"), host));
     }
 }

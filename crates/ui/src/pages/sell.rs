@@ -96,7 +96,8 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
             });
         }
     };
-    let customers = store.records_of(tables::CUSTOMERS)?;
+    let mut customers = store.records_of(tables::CUSTOMERS)?;
+    customers.sort_by(|a, b| a.1["name"].as_str().cmp(&b.1["name"].as_str()));
     Ok(html! {
         section id="cart" aria-label="Cart" class="cart" {
             h2 { "Cart" }
@@ -110,7 +111,7 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                 None => p class="empty" { "The cart is empty: choose a product or scan a barcode." },
                 Some(p) => {
                     table class="cart-lines" {
-                        thead { tr { th scope="col" { "Item" } th scope="col" { "Qty" } th scope="col" class="num" { "Amount" } th scope="col" { span class="sr" { "Actions" } } } }
+                        thead { tr { th scope="col" { "Item" } th scope="col" { "Qty" } th scope="col" class="num" { "Amount" } } }
                         tbody {
                             @for (prod, line, sale) in &p.lines {
                                 @let s = slug(&prod.sku);
@@ -119,6 +120,22 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                                         (prod.name)
                                         @if let Some(o) = line.price_minor { br; span class="note" { "price " (ctx.money(o)) " (was " (ctx.money(prod.price_minor)) ")" } }
                                         @if line.discount_bp > 0 { br; span class="note" { "line discount " (format_rate_bp(line.discount_bp)) } }
+                                        div class="line-tools" {
+                                            (line_form(&prod.sku, "remove", &format!("rm-{s}"), format!("Remove {}", prod.name), "Remove"))
+                                            details class="adjust" {
+                                                summary aria-label=(format!("Adjust {}", prod.name)) { "Adjust" }
+                                                form method="post" action="/sell/line" hx-post="/sell/line" hx-target="#cart" hx-swap="outerHTML" {
+                                                    input type="hidden" name="sku" value=(prod.sku);
+                                                    input type="hidden" name="op" value="adjust";
+                                                    label for=(format!("disc-{s}")) { "Discount % for " (prod.name) }
+                                                    input id=(format!("disc-{s}")) name="discount" inputmode="decimal" value=(if line.discount_bp > 0 { format_rate_bp(line.discount_bp).trim_end_matches('%').to_string() } else { String::new() });
+                                                    label for=(format!("price-{s}")) { "Price for " (prod.name) }
+                                                    input id=(format!("price-{s}")) name="price" inputmode="decimal" placeholder=(ctx.currency.format_minor(prod.price_minor)) value=(line.price_minor.map(|m| ctx.currency.format_minor(m)).unwrap_or_default());
+                                                    " "
+                                                    button type="submit" id=(format!("apply-{s}")) class="small" { "Apply" }
+                                                }
+                                            }
+                                        }
                                     }
                                     td class="qty" {
                                         (line_form(&prod.sku, "dec", &format!("dec-{s}"), format!("One less {}", prod.name), "\u{2212}"))
@@ -126,21 +143,6 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                                         (line_form(&prod.sku, "inc", &format!("inc-{s}"), format!("One more {}", prod.name), "+"))
                                     }
                                     td class="num" { (ctx.money(sale.total_minor)) }
-                                    td {
-                                        (line_form(&prod.sku, "remove", &format!("rm-{s}"), format!("Remove {}", prod.name), "Remove"))
-                                        details class="adjust" {
-                                            summary aria-label=(format!("Adjust {}", prod.name)) { "Adjust" }
-                                            form method="post" action="/sell/line" hx-post="/sell/line" hx-target="#cart" hx-swap="outerHTML" {
-                                                input type="hidden" name="sku" value=(prod.sku);
-                                                input type="hidden" name="op" value="adjust";
-                                                label for=(format!("disc-{s}")) { "Discount % for " (prod.name) }
-                                                input id=(format!("disc-{s}")) name="discount" inputmode="decimal" value=(if line.discount_bp > 0 { format_rate_bp(line.discount_bp).trim_end_matches('%').to_string() } else { String::new() });
-                                                label for=(format!("price-{s}")) { "Price for " (prod.name) }
-                                                input id=(format!("price-{s}")) name="price" inputmode="decimal" placeholder=(ctx.currency.format_minor(prod.price_minor)) value=(line.price_minor.map(|m| ctx.currency.format_minor(m)).unwrap_or_default());
-                                                button type="submit" id=(format!("apply-{s}")) class="small" { "Apply" }
-                                            }
-                                        }
-                                    }
                                 }
                             }
                         }
@@ -169,7 +171,7 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                 button type="submit" id="cart-update" class="secondary" { "Update cart" }
             }
             div class="cart-actions" {
-                form method="get" action="/sell/checkout" {
+                form method="post" action="/sell/checkout" {
                     button type="submit" class="primary big" id="checkout" { "Checkout" }
                 }
                 @if priced.is_some() {
@@ -431,6 +433,12 @@ pub async fn cart(State(st): State<UiState>, auth: Auth, headers: HeaderMap, For
     }
     .await;
     respond(&st, &auth, &headers, r, "/sell").await
+}
+
+/// `POST /sell/checkout`: the cart's Checkout button (a post, so the
+/// checkout page's address stays clean).
+pub async fn to_checkout(_auth: Auth) -> Response {
+    Redirect::to("/sell/checkout").into_response()
 }
 
 /// `GET /sell/checkout`.

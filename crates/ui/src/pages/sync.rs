@@ -45,10 +45,31 @@ fn row_label(store: &Store, table: &str, row: uuid::Uuid) -> String {
     }
 }
 
+/// Names for the tills seen in this till's sales: "till T2" from the
+/// receipt prefix of a sale it made.
+fn till_names(store: &Store) -> Result<BTreeMap<uuid::Uuid, String>, UiError> {
+    let mut out = BTreeMap::new();
+    for r in store.ledger_rows(tillsync_core::schema::tables::SALES)? {
+        if let Some(prefix) = r.data["receipt"].as_str().and_then(|x| x.rsplit_once('-')).map(|(p, _)| p) {
+            out.entry(r.device).or_insert_with(|| format!("till {prefix}"));
+        }
+    }
+    Ok(out)
+}
+
+/// A field as a person reads it: `price_minor` is "price".
+fn field_label(field: &str) -> String {
+    if field == EXISTS_FIELD {
+        return "deleted or kept".into();
+    }
+    field.trim_end_matches("_minor").replace('_', " ")
+}
+
 /// `GET /conflicts`.
 pub async fn conflicts(State(st): State<UiState>, auth: Auth) -> Response {
     st.render(Some(auth), "Conflicts", "Conflicts", |store, ctx| {
         let me = store.identity().device_id;
+        let names = till_names(store)?;
         let current: Vec<_> = store.conflicts()?.into_iter().filter(|c| c.status != ConflictStatus::Resolved).collect();
         Ok(html! {
             h1 { "Conflicts" }
@@ -59,7 +80,7 @@ pub async fn conflicts(State(st): State<UiState>, auth: Auth) -> Response {
             @for c in &current {
                 @let what = row_label(store, &c.table, c.row);
                 section class="card conflict" data-testid="conflict" aria-label=(format!("Conflict on {what}")) {
-                    h2 { (c.table) " \u{00b7} " (what) " \u{00b7} " @if c.field == EXISTS_FIELD { "deleted or kept" } @else { (c.field) } }
+                    h2 { (what) " \u{00b7} " (field_label(&c.field)) span class="note" { " (" (c.table) ")" } }
                     p class="note" {
                         @if c.status == ConflictStatus::Open { "Needs a decision: the newest value is shown meanwhile." }
                         @else { "Settled automatically by the tenant's policy; you may still choose." }
@@ -69,7 +90,9 @@ pub async fn conflicts(State(st): State<UiState>, auth: Auth) -> Response {
                             div class={ "value" @if c.chosen == Some(h.write_id) { " chosen" } } {
                                 p class="v" { (show_value(ctx, &c.field, &h.value)) }
                                 p class="note" {
-                                    @if h.device == me { "this till" } @else { "another till (" (&h.device.simple().to_string()[..8]) ")" }
+                                    @if h.device == me { "this till" } @else {
+                                        "another till (" (names.get(&h.device).cloned().unwrap_or_else(|| h.device.simple().to_string()[24..].to_string())) ")"
+                                    }
                                     " \u{00b7} " (ctx.time(h.wall_ms as i64))
                                     @if c.chosen == Some(h.write_id) { " \u{00b7} shown now" }
                                 }
@@ -124,8 +147,14 @@ pub async fn resolve(
                     )));
                 }
             };
+            let field = store.conflict(&id)?.field;
             let v = store.resolve_conflict(now, &id, &keep)?;
-            Ok(format!("conflict resolved with {v}; the other tills take it on their next sync"))
+            let cur = store.settings()?.currency;
+            let shown = match v.as_i64() {
+                Some(m) if field.ends_with("_minor") => cur.display(m),
+                _ => v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+            };
+            Ok(format!("conflict resolved with {shown}; the other tills take it on their next sync"))
         })
         .await;
     st.done(&auth, "/conflicts", r)
