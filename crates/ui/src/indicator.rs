@@ -233,7 +233,7 @@ impl Feed {
                         if tx2.receiver_count() == 0 {
                             continue;
                         }
-                        let (store, config) = (st.store.clone(), st.config.clone());
+                        let (store, config) = (st.status_store.clone(), st.config.clone());
                         let r = tokio::task::spawn_blocking(move || store.lock().ok().map(|s| render_now(&s, &config)))
                             .await;
                         if let Ok(Some(now)) = r {

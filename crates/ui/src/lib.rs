@@ -38,6 +38,10 @@ use tokio::sync::mpsc;
 pub struct UiState {
     /// The UI's own connection to the till (sales, refunds, pages).
     pub store: Arc<Mutex<Store>>,
+    /// A read connection for the live indicator, so that computing the
+    /// status never makes a sale wait (the same as `store` when a second
+    /// connection cannot be opened, e.g. in memory).
+    pub status_store: Arc<Mutex<Store>>,
     /// The till's data folder (for `till.toml` and backups).
     pub dir: PathBuf,
     /// The device settings the node runs with (the status is derived with them).
@@ -55,8 +59,12 @@ pub struct UiState {
 impl UiState {
     /// A UI over `store` (a connection of its own), for the till in `dir`.
     pub fn new(store: Store, dir: PathBuf, config: Config, sync_now: mpsc::Sender<()>, now_ms: fn() -> u64) -> Self {
+        // The status connection never writes, so its id generator is never drawn from.
+        let reader = Store::open(&dir, store.schema().clone(), tillsync_core::IdGen::from_u64(0)).ok();
+        let store = Arc::new(Mutex::new(store));
         UiState {
-            store: Arc::new(Mutex::new(store)),
+            status_store: reader.map(|r| Arc::new(Mutex::new(r))).unwrap_or_else(|| store.clone()),
+            store,
             dir,
             config: Arc::new(config),
             sync_now,
