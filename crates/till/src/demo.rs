@@ -111,7 +111,23 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let storage: Arc<dyn HubStorage> = hub.clone();
-        let server = tokio::spawn(async move { axum::serve(listener, app(AppState::new(storage))).await });
+        // The hub can be taken down from the keyboard (see below) so that a
+        // newcomer sees the tills' indicators go offline and come back.
+        let hub_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let down = hub_down.clone();
+        let hub_app = app(AppState::new(storage)).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let down = down.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if down {
+                        use axum::response::IntoResponse;
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the demo's hub is down").into_response();
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+        let server = tokio::spawn(async move { axum::serve(listener, hub_app).await });
         let opts = ClientOptions::default();
         let mut tills = Vec::new();
         for (i, code) in codes.iter().enumerate() {
@@ -194,6 +210,23 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
             println!("  cargo run -q -- sale --data {}/till-1 --item LATTE --pay cash", dir.display());
             println!("  cargo run -q -- sales list --data {}/till-2", dir.display());
             println!("  cargo run -q -- devices list --hub {url} --token {admin_token}");
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                println!(
+                    "Press Enter to take the hub down (the tills keep selling), and Enter again to bring it back."
+                );
+                let toggle = hub_down.clone();
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                        let was = toggle.fetch_xor(true, std::sync::atomic::Ordering::Relaxed);
+                        println!(
+                            "hub {}",
+                            if was { "back up" } else { "down: the tills show Offline, then N pending after a sale" }
+                        );
+                        line.clear();
+                    }
+                });
+            }
             println!(
                 "{}",
                 if exit_after_s > 0 {
