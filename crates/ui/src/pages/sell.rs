@@ -158,6 +158,14 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                     }
                 }
             }
+            div class="cart-actions" {
+                form method="post" action="/sell/checkout" {
+                    button type="submit" class="primary big" id="checkout" { "Checkout" }
+                }
+                @if priced.is_some() {
+                    (line_form("", "clear", "cart-clear", "Clear cart".into(), "Clear cart"))
+                }
+            }
             form method="post" action="/sell/cart" hx-post="/sell/cart" hx-target="#cart" hx-swap="outerHTML" class="cart-opts" {
                 label for="cart-discount" { "Cart discount %" }
                 input id="cart-discount" name="discount" inputmode="decimal" value=(if cart.discount_bp > 0 { format_rate_bp(cart.discount_bp).trim_end_matches('%').to_string() } else { String::new() });
@@ -169,14 +177,6 @@ fn cart_view(store: &Store, ctx: &Ctx, cart: &Cart, msg: Option<&Flash>) -> Resu
                     }
                 }
                 button type="submit" id="cart-update" class="secondary" { "Update cart" }
-            }
-            div class="cart-actions" {
-                form method="post" action="/sell/checkout" {
-                    button type="submit" class="primary big" id="checkout" { "Checkout" }
-                }
-                @if priced.is_some() {
-                    (line_form("", "clear", "cart-clear", "Clear cart".into(), "Clear cart"))
-                }
             }
         }
     })
