@@ -22,7 +22,7 @@ pub use indicator::{SyncState, sync_state};
 pub use security::{FORM_BODY_LEN_MAX, security_headers, verify_origin};
 pub use session::{
     Auth, CART_LINES_MAX, Cart, CartLine, LARGE_DISCOUNT_BP, SESSION_COOKIE, SESSION_IDLE_MS, SESSIONS_LEN_MAX,
-    Sessions,
+    SIGNIN_FAILURES_MAX, SIGNIN_PAUSE_MS, Sessions,
 };
 
 use axum::Router;

@@ -19,6 +19,10 @@ pub const SESSIONS_LEN_MAX: usize = 64;
 pub const SESSION_IDLE_MS: u64 = 30 * 60 * 1_000;
 /// Most lines in one cart.
 pub const CART_LINES_MAX: usize = 200;
+/// Wrong PINs in a row before sign-in pauses.
+pub const SIGNIN_FAILURES_MAX: u32 = 5;
+/// How long sign-in pauses after too many wrong PINs, in milliseconds.
+pub const SIGNIN_PAUSE_MS: u64 = 30_000;
 /// A discount above this (in basis points: 20 %) needs a manager's PIN.
 pub const LARGE_DISCOUNT_BP: i64 = 2_000;
 
@@ -91,6 +95,9 @@ pub struct Sessions {
     inner: Mutex<HashMap<String, Session>>,
     len_max: usize,
     idle_ms: u64,
+    /// Wrong PINs in a row, and until when sign-in is paused: a PIN has
+    /// only 4 to 8 digits, so guessing must be slow.
+    failures: Mutex<(u32, u64)>,
 }
 
 fn new_token() -> String {
@@ -102,7 +109,26 @@ fn new_token() -> String {
 impl Sessions {
     /// At most `len_max` sessions, each ending after `idle_ms` unused.
     pub fn new(len_max: usize, idle_ms: u64) -> Self {
-        Sessions { inner: Mutex::new(HashMap::new()), len_max: len_max.max(1), idle_ms }
+        Sessions { inner: Mutex::new(HashMap::new()), len_max: len_max.max(1), idle_ms, failures: Mutex::new((0, 0)) }
+    }
+
+    /// Milliseconds left before sign-in may be tried again (0: now).
+    pub fn signin_wait_ms(&self, now_ms: u64) -> u64 {
+        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.1.saturating_sub(now_ms)
+    }
+
+    /// Records a sign-in attempt; too many wrong PINs in a row pause sign-in.
+    pub fn signin_result(&self, now_ms: u64, ok: bool) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if ok {
+            *f = (0, 0);
+        } else {
+            f.0 += 1;
+            if f.0 >= SIGNIN_FAILURES_MAX {
+                f.1 = now_ms + SIGNIN_PAUSE_MS;
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
@@ -244,6 +270,20 @@ mod tests {
         assert!(s.with(&c, 2_003, |_| ()).is_some() && s.with(&d, 2_003, |_| ()).is_some());
         assert_ne!(c, d);
         assert_eq!(c.len(), 64);
+    }
+
+    #[test]
+    fn wrong_pins_pause_sign_in() {
+        let s = Sessions::new(2, 1_000);
+        for _ in 0..SIGNIN_FAILURES_MAX - 1 {
+            s.signin_result(10, false);
+        }
+        assert_eq!(s.signin_wait_ms(10), 0);
+        s.signin_result(10, false);
+        assert_eq!(s.signin_wait_ms(10), SIGNIN_PAUSE_MS);
+        assert_eq!(s.signin_wait_ms(10 + SIGNIN_PAUSE_MS), 0);
+        s.signin_result(20, true);
+        assert_eq!(s.signin_wait_ms(20), 0);
     }
 
     #[test]

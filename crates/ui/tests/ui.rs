@@ -362,3 +362,14 @@ fn the_indicator_word_for_each_state() {
     assert_eq!(sync_state(&status("error", 1)).word(), "Error");
     assert_eq!(sync_state(&status("revoked", 0)).word(), "Revoked");
 }
+
+#[tokio::test]
+async fn wrong_pins_in_a_row_pause_sign_in() {
+    let t = till();
+    for _ in 0..tillsync_ui::SIGNIN_FAILURES_MAX {
+        assert_eq!(post(&t.app, "/signin", "", "staff=Alex&pin=0000").await.status, StatusCode::UNAUTHORIZED);
+    }
+    let r = post(&t.app, "/signin", "", "staff=Alex&pin=1234").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.body.contains("too many wrong PINs"));
+}

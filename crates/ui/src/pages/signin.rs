@@ -56,6 +56,13 @@ pub async fn page(State(st): State<UiState>) -> Response {
 
 /// `POST /signin`: checks the PIN, starts a session.
 pub async fn submit(State(st): State<UiState>, Form(f): Form<SignIn>) -> Response {
+    let wait = st.sessions.signin_wait_ms((st.now_ms)());
+    if wait > 0 {
+        let msg = format!("too many wrong PINs: wait {} s, then try again", wait.div_ceil(1_000));
+        let mut r = st.render(None, "", "Sign in", form(Some(msg))).await;
+        *r.status_mut() = axum::http::StatusCode::TOO_MANY_REQUESTS;
+        return r;
+    }
     let checked = st
         .with_store(move |store| {
             let who = required(&f.staff, "the staff member")?.to_string();
@@ -70,6 +77,7 @@ pub async fn submit(State(st): State<UiState>, Form(f): Form<SignIn>) -> Respons
             Ok((id, data["name"].as_str().unwrap_or(&who).to_string(), data["role"].as_str() == Some("manager")))
         })
         .await;
+    st.sessions.signin_result((st.now_ms)(), checked.is_ok());
     match checked {
         Ok((id, name, manager)) => {
             let token = st.sessions.create((st.now_ms)(), id, &name, manager);
