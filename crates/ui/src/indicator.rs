@@ -75,16 +75,21 @@ impl SyncState {
 }
 
 /// The state from a status document. The node's own order holds (revoked,
-/// error, ...), except that changes waiting while the hub is unreachable
-/// show as "N pending": a cashier needs the count more than the reason,
-/// and a till with nothing waiting shows "Offline". A standalone till has
-/// no hub, so it is always "Offline".
+/// error, ...), with two exceptions for the cashier: changes waiting while
+/// the hub is unreachable show as "N pending" (the count matters more than
+/// the reason; with nothing waiting it is "Offline"), and a hub known to be
+/// unreachable shows as that even past the retry limit, where the node
+/// says `error` (the failed rounds are in the details). A standalone till
+/// has no hub, so it is always "Offline".
 pub fn sync_state(status: &Value) -> SyncState {
     let pending = status["pending_total"].as_i64().unwrap_or(0);
     let standalone = status["hub_url"].is_null() || status["mode"] == "standalone";
+    let unreachable = status["network"]["reachable"] == Value::Bool(false);
     let progress = status["progress"]["done"].as_u64().zip(status["progress"]["total"].as_u64());
     match status["state"].as_str().unwrap_or("") {
         "revoked" => SyncState::Revoked,
+        "error" if unreachable && !standalone && pending > 0 => SyncState::Pending(pending),
+        "error" if unreachable && !standalone => SyncState::Offline,
         "error" => SyncState::Error,
         _ if standalone => SyncState::Offline,
         "syncing" => SyncState::Syncing(progress),
@@ -163,6 +168,9 @@ pub fn details(status: &Value, tz: &jiff::tz::TimeZone) -> Markup {
             }
             dt { "Last successful sync" } dd { (when(status["last_sync_at"].as_u64(), tz)) }
             dt { "Last failure" } dd { (status["last_error"].as_str().unwrap_or("none")) }
+            @if status["failures"].as_u64().unwrap_or(0) > 0 {
+                dt { "Failed rounds in a row" } dd { (status["failures"].as_u64().unwrap_or(0)) }
+            }
             dt { "Changes sent / received" } dd { (status["pushed"].as_u64().unwrap_or(0)) " / " (status["pulled"].as_u64().unwrap_or(0)) }
             dt { "Open conflicts" } dd { (status["conflicts_open"].as_i64().unwrap_or(0)) }
             dt { "Quarantined changes" } dd { (status["quarantined"].as_i64().unwrap_or(0)) }
@@ -292,6 +300,12 @@ mod tests {
         s["progress"] = json!({"done": 2, "total": 4});
         assert_eq!(sync_state(&s).word(), "Syncing 2/4");
         assert_eq!(sync_state(&status("error", 2)).word(), "Error");
+        // Past the retry limit with the hub unreachable: still the cashier's view.
+        let mut stalled = status("error", 2);
+        stalled["network"]["reachable"] = json!(false);
+        assert_eq!(sync_state(&stalled).word(), "2 pending");
+        stalled["pending_total"] = json!(0);
+        assert_eq!(sync_state(&stalled).word(), "Offline");
         assert_eq!(sync_state(&status("revoked", 2)).word(), "Revoked");
         let mut standalone = status("offline", 9);
         standalone["hub_url"] = Value::Null;

@@ -360,6 +360,9 @@ fn the_indicator_word_for_each_state() {
     assert_eq!(sync_state(&status("offline", 0)).word(), "Offline");
     assert_eq!(sync_state(&status("offline", 1)).word(), "1 pending");
     assert_eq!(sync_state(&status("error", 1)).word(), "Error");
+    let mut unreachable = status("error", 1);
+    unreachable["network"]["reachable"] = json!(false);
+    assert_eq!(sync_state(&unreachable).word(), "1 pending");
     assert_eq!(sync_state(&status("revoked", 0)).word(), "Revoked");
 }
 
