@@ -16,7 +16,9 @@ mod sync;
 
 pub use error::StoreError;
 pub use local::Local;
-pub use pos::{CountOutcome, ProductFields, RefundOutcome, SaleOutcome, SaleRequest};
+pub use pos::{
+    CountOutcome, LineAdjust, ProductFields, RefundOutcome, SaleAdjustments, SaleOutcome, SaleRequest, compound_bp,
+};
 pub use queries::{Alerts, ConflictRow, LedgerEntry, ProductRow, SaleSummary, Status, StockRow};
 pub use sync::{ImportReport, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
 

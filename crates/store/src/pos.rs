@@ -26,6 +26,29 @@ pub struct SaleRequest {
     pub discount_bp: i64,
 }
 
+/// A cashier's change to one line of a sale, in ringing order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineAdjust {
+    /// A discount on this line, in basis points, on top of the sale's.
+    pub discount_bp: i64,
+    /// A price that replaces the catalogue's for this sale only.
+    pub unit_price_minor: Option<i64>,
+}
+
+/// Line discounts and price overrides, with who approved them.
+#[derive(Clone, Debug, Default)]
+pub struct SaleAdjustments {
+    /// One per item of the request (missing ones change nothing).
+    pub lines: Vec<LineAdjust>,
+    /// The manager who approved the overrides, recorded in the audit log.
+    pub approved_by: Option<Uuid>,
+}
+
+/// Two discounts applied one after the other, in basis points.
+pub fn compound_bp(a: i64, b: i64) -> i64 {
+    a + b - a * b / 10_000
+}
+
 /// What a committed sale returns.
 #[derive(Clone, Debug, Serialize)]
 pub struct SaleOutcome {
@@ -331,16 +354,44 @@ impl Store {
     /// movements and loyalty points, as one change in the `sales` lane,
     /// committed durably before this returns.
     pub fn sell(&mut self, now_ms: u64, req: &SaleRequest) -> Result<SaleOutcome, StoreError> {
+        self.sell_adjusted(now_ms, req, &SaleAdjustments::default())
+    }
+
+    /// [`Store::sell`] with line discounts and price overrides; each price
+    /// override is recorded in the audit log in the same change.
+    pub fn sell_adjusted(
+        &mut self,
+        now_ms: u64,
+        req: &SaleRequest,
+        adjust: &SaleAdjustments,
+    ) -> Result<SaleOutcome, StoreError> {
         if req.items.len() > domain::SALE_LINES_MAX {
             return Err(StoreError::Invalid(format!("a sale has at most {} lines", domain::SALE_LINES_MAX)));
         }
         let settings = self.settings()?;
         let mut lines = Vec::with_capacity(req.items.len());
-        for (sku, qty) in &req.items {
+        let mut overrides = Vec::new();
+        for (i, (sku, qty)) in req.items.iter().enumerate() {
             if !(1..=domain::LINE_QTY_MAX).contains(qty) {
                 return Err(domain::SaleError::BadQuantity { sku: sku.clone(), qty: *qty }.into());
             }
-            lines.push(LineInput { product: self.snapshot(sku)?, qty: *qty, discount_bp: req.discount_bp });
+            let adj = adjust.lines.get(i).cloned().unwrap_or_default();
+            for bp in [req.discount_bp, adj.discount_bp] {
+                if !(0..=10_000).contains(&bp) {
+                    return Err(domain::SaleError::BadDiscount(tillsync_core::money::format_rate_bp(bp)).into());
+                }
+            }
+            let mut product = self.snapshot(sku)?;
+            if let Some(p) = adj.unit_price_minor {
+                if !(0..=tillsync_core::money::MINOR_MAX).contains(&p) {
+                    return Err(StoreError::Invalid(format!("a price for {sku} must be zero or more")));
+                }
+                if p != product.price_minor {
+                    overrides.push(format!("{sku}: {} -> {p}", product.price_minor));
+                    product.price_minor = p;
+                }
+            }
+            lines.push(LineInput { product, qty: *qty, discount_bp: compound_bp(req.discount_bp, adj.discount_bp) });
         }
         let priced = domain::price_sale(&settings, &lines)?;
         let (payments, rounding) =
@@ -390,6 +441,14 @@ impl Store {
                 data["customer_id"] = json!(c);
             }
             l.insert_with_id(tables::SALES, sale_id, data.clone())?;
+            for o in &overrides {
+                let mut audit =
+                    json!({"action": "price_override", "at_ms": l.now_ms() as i64, "target": receipt, "detail": o});
+                if let Some(m) = adjust.approved_by {
+                    audit["staff_id"] = json!(m);
+                }
+                l.insert(tables::AUDIT, audit)?;
+            }
             for line in &priced.lines {
                 l.insert(
                     tables::STOCK_MOVEMENTS,

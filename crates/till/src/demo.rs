@@ -8,6 +8,10 @@ use std::path::Path;
 use tillsync_core::domain::{Method, PaymentInput};
 use tillsync_store::SaleRequest;
 
+/// The first demo till's UI port (the second uses the next one); a port
+/// taken by something else falls back to any free port.
+pub const DEMO_UI_PORT: u16 = 8441;
+
 /// Makes (or remakes) the demo folder; refuses a folder that is not ours.
 fn fresh_dir(dir: &Path) -> Result<()> {
     let marker = dir.join(".tillsync-demo");
@@ -107,7 +111,23 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         let storage: Arc<dyn HubStorage> = hub.clone();
-        let server = tokio::spawn(async move { axum::serve(listener, app(AppState::new(storage))).await });
+        // The hub can be taken down from the keyboard (see below) so that a
+        // newcomer sees the tills' indicators go offline and come back.
+        let hub_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let down = hub_down.clone();
+        let hub_app = app(AppState::new(storage)).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let down = down.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    if down {
+                        use axum::response::IntoResponse;
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the demo's hub is down").into_response();
+                    }
+                    next.run(req).await
+                }
+            },
+        ));
+        let server = tokio::spawn(async move { axum::serve(listener, hub_app).await });
         let opts = ClientOptions::default();
         let mut tills = Vec::new();
         for (i, code) in codes.iter().enumerate() {
@@ -144,17 +164,36 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
         let digests: Vec<String> = tills.iter().map(|(_, s)| s.digests().map(|d| d.0)).collect::<Result<_, _>>()?;
         let hub_digest = hub.store_digest(tenant, store)?;
         let converged = digests.iter().all(|d| *d == hub_digest);
+        // Each till's POS UI and local API, on its usual port when free.
+        let mut config = tillsync_node::config::Config::default();
+        config.sync.interval_s = 5;
+        let mut uis = Vec::new();
+        let mut asked = Vec::new();
+        let mut servers = Vec::new();
+        for (i, (d, _)) in tills.iter().enumerate() {
+            let listener = match tokio::net::TcpListener::bind(("127.0.0.1", DEMO_UI_PORT + i as u16)).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            };
+            uis.push(format!("http://{}/", listener.local_addr()?));
+            let (asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(4);
+            asked.push(asked_rx);
+            let app = crate::sync_cmd::local_app(d, &config, asked_tx)?;
+            servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
+        }
         if j {
             crate::output::json(&json!({"hub": url, "hub_data": hub_dir, "tenant_id": tenant, "store_id": store,
                 "admin_token": admin_token, "tills": tills.iter().map(|(d, _)| d.clone()).collect::<Vec<_>>(),
-                "sale": sale.receipt, "seen_on_till_2": seen, "converged": converged, "state_digest": hub_digest}));
+                "sale": sale.receipt, "seen_on_till_2": seen, "converged": converged, "state_digest": hub_digest,
+                "ui": uis}));
         } else {
             println!("Tillsync demo in {}", dir.display());
             println!("  hub      {url}  (data {}; tenant {tenant})", hub_dir.display());
             println!("  admin    token {admin_token}");
-            for (d, s) in &tills {
-                println!("  till     {}  receipts {}-...", d.display(), s.identity().receipt_prefix);
+            for ((d, s), ui) in tills.iter().zip(&uis) {
+                println!("  till     {}  receipts {}-...  POS UI {ui}", d.display(), s.identity().receipt_prefix);
             }
+            println!("  sign in  Alex (manager, PIN 1234), Sam (PIN 1111) or Jo (PIN 2222)");
             println!();
             println!("Till 1 sold {} ({}); till 2 sees it: {seen}", sale.receipt, s1_total(&sale));
             println!(
@@ -163,10 +202,31 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
                 if converged { "converged" } else { "NOT converged" }
             );
             println!();
+            println!(
+                "Open a till's POS UI in a browser ({}), sell, and watch the sync indicator in its header.",
+                uis[0]
+            );
             println!("Both tills now sync in the background (live events + every 5 s). In another terminal:");
             println!("  cargo run -q -- sale --data {}/till-1 --item LATTE --pay cash", dir.display());
             println!("  cargo run -q -- sales list --data {}/till-2", dir.display());
             println!("  cargo run -q -- devices list --hub {url} --token {admin_token}");
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                println!(
+                    "Press Enter to take the hub down (the tills keep selling), and Enter again to bring it back."
+                );
+                let toggle = hub_down.clone();
+                std::thread::spawn(move || {
+                    let mut line = String::new();
+                    while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                        let was = toggle.fetch_xor(true, std::sync::atomic::Ordering::Relaxed);
+                        println!(
+                            "hub {}",
+                            if was { "back up" } else { "down: the tills show Offline, then N pending after a sale" }
+                        );
+                        line.clear();
+                    }
+                });
+            }
             println!(
                 "{}",
                 if exit_after_s > 0 {
@@ -185,14 +245,11 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
         };
         let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
         let mut runners = Vec::new();
-        for (d, mut s) in tills {
+        for ((d, mut s), asked_rx) in tills.into_iter().zip(asked) {
             let client = client_for(&d, &s)?;
             let mut rx = tx.subscribe();
+            let config = config.clone();
             runners.push(tokio::spawn(async move {
-                let mut config = tillsync_node::config::Config::default();
-                config.sync.interval_s = 5;
-                // The demo's tills have no local API; "sync now" is never asked.
-                let (_asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(1);
                 tillsync_node::run::run(
                     &mut s,
                     client,
@@ -217,6 +274,9 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
             let _ = r.await;
         }
         server.abort();
+        for s in servers {
+            s.abort();
+        }
         if !j {
             println!("demo stopped; its files stay in {} (the next demo replaces them)", dir.display());
         }

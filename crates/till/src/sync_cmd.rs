@@ -192,19 +192,17 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
         }
     }
     rt.block_on(async {
-        let api_state = tillsync_node::api::ApiState {
-            store: std::sync::Arc::new(std::sync::Mutex::new(open(dir)?)),
-            config: std::sync::Arc::new(config.clone()),
-            sync_now: asked_tx,
-            dir: dir.to_path_buf(),
-        };
+        let app = local_app(dir, &config, asked_tx)?;
         let listener = tokio::net::TcpListener::bind(&api_addr)
             .await
             .map_err(|e| anyhow!("cannot serve the local API on {api_addr}: {e}; choose another with --ui ADDR"))?;
+        let local = listener.local_addr()?;
         if j {
-            println!("{}", json!({"api": format!("http://{}", listener.local_addr()?)}));
+            println!("{}", json!({"api": format!("http://{local}"), "ui": format!("http://{local}/")}));
+        } else {
+            println!("POS UI on http://{local}/ (sign in with a staff name and PIN)");
         }
-        let api = tokio::spawn(async move { axum::serve(listener, tillsync_node::api::router(api_state)).await });
+        let api = tokio::spawn(async move { axum::serve(listener, app).await });
         let backups = (config.backup.interval_s > 0).then(|| tokio::spawn(scheduled_backups(dir.to_path_buf(), config.clone())));
         let stop = async move {
             if exit_after_s > 0 {
@@ -237,6 +235,19 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
         anyhow::Ok(())
     })?;
     Ok(())
+}
+
+/// The local API and the POS UI of a till, on one router: each with a
+/// connection of its own to the till's database.
+pub fn local_app(dir: &Path, config: &Config, sync_now: tokio::sync::mpsc::Sender<()>) -> Result<axum::Router> {
+    let api_state = tillsync_node::api::ApiState {
+        store: std::sync::Arc::new(std::sync::Mutex::new(open(dir)?)),
+        config: std::sync::Arc::new(config.clone()),
+        sync_now: sync_now.clone(),
+        dir: dir.to_path_buf(),
+    };
+    let ui = tillsync_ui::UiState::new(open(dir)?, dir.to_path_buf(), config.clone(), sync_now, now_ms);
+    Ok(tillsync_node::api::router(api_state).merge(tillsync_ui::router(ui)))
 }
 
 fn admin(a: &AdminArgs) -> Result<HubClient> {
