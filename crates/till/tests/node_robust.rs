@@ -1084,3 +1084,46 @@ fn metrics_on_the_node_and_the_hub() {
     assert!(sample(&node, "tillsync_node_backoff_ms") > 0, "{node}");
     assert_eq!(sample(&node, "tillsync_node_queue_depth{lane=\"sales\"}"), 1, "{node}");
 }
+
+// ---------------------------------------------------------------------------
+// 10. The device config: get, set, validation, environment overrides
+// ---------------------------------------------------------------------------
+
+#[test]
+fn config_get_set_validates_and_the_environment_overrides() {
+    let tmp = TempDir::new().expect("tempdir");
+    let a = tmp.path().join("a");
+    ok(&["node", "init", "--data", p(&a), "--offline", "--sample"]);
+    // Every key has a documented default.
+    let all = json(&["config", "get", "--data", p(&a)]);
+    for k in ["sync.auto", "sync.interval_s", "sync.retry_limit", "network.metered", "network.metered_lanes"] {
+        assert!(all[k].is_string(), "config get lists {k}: {all}");
+    }
+    ok(&["config", "set", "--data", p(&a), "sync.interval_s", "45"]);
+    assert_eq!(json(&["config", "get", "--data", p(&a), "sync.interval_s"])["sync.interval_s"], "45");
+    assert!(std::fs::read_to_string(a.join("till.toml")).expect("till.toml").contains("interval_s = 45"));
+    // Bad values are refused, say what is allowed, and change nothing.
+    for (k, v) in [("sync.interval_s", "0"), ("network.metered", "sometimes"), ("sync.auto", "maybe"), ("no.such", "1")]
+    {
+        let o = fails(&["config", "set", "--data", p(&a), k, v]);
+        assert!(
+            o.stderr.contains(k.split('.').next_back().unwrap_or(k)) || o.stderr.contains(k),
+            "{k}={v}: {}",
+            o.stderr
+        );
+    }
+    assert_eq!(json(&["config", "get", "--data", p(&a), "sync.interval_s"])["sync.interval_s"], "45");
+    // The environment wins over the file.
+    let o = till_env(
+        &["config", "get", "--data", p(&a), "sync.interval_s", "--json"],
+        &[("TILL_SYNC_INTERVAL_S", "77")],
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.code, 0, "{}", o.describe(&["config", "get"]));
+    let v: Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(v["sync.interval_s"], "77", "TILL_SYNC_INTERVAL_S overrides till.toml: {v}");
+    // A bad environment value is refused as clearly as a bad file value.
+    let o = till_env(&["config", "get", "--data", p(&a), "--json"], &[("TILL_SYNC_INTERVAL_S", "soon")], CMD_TIMEOUT);
+    assert_ne!(o.code, 0, "a bad override is an error: {}", o.stdout);
+    assert!(o.stderr.contains("TILL_SYNC_INTERVAL_S") || o.stderr.contains("interval_s"), "{}", o.stderr);
+}
