@@ -230,6 +230,12 @@ pub struct Usage {
     pub quarantined: u64,
     /// Quota on catalogue and telemetry changes (0: none).
     pub quota_changes: u64,
+    /// Bytes of backups the hub keeps for the tenant's tills.
+    #[serde(default)]
+    pub backup_bytes: u64,
+    /// Quota on backup storage, in bytes (0: none).
+    #[serde(default)]
+    pub quota_backup_bytes: u64,
 }
 
 /// Every error the hub returns: a stable code and a message.

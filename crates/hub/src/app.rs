@@ -2,6 +2,7 @@
 //! can be tested with `oneshot` and served on real sockets alike.
 
 use crate::HubError;
+use crate::backups::BackupFiles;
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, FromRequestParts, Path, Query, Request, State};
@@ -9,7 +10,7 @@ use axum::http::{HeaderValue, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde::Deserialize;
@@ -87,12 +88,20 @@ pub struct AppState {
     pub storage: Arc<dyn HubStorage>,
     pub events: Arc<Events>,
     pub metrics: Arc<Metrics>,
+    /// Where tills' backups are kept; `None`: the hub stores no backups.
+    pub backups: Option<Arc<BackupFiles>>,
 }
 
 impl AppState {
     /// State over a storage backend.
     pub fn new(storage: Arc<dyn HubStorage>) -> Self {
-        AppState { storage, events: Arc::new(Events::default()), metrics: Arc::new(Metrics::default()) }
+        AppState { storage, events: Arc::new(Events::default()), metrics: Arc::new(Metrics::default()), backups: None }
+    }
+
+    /// Keeps tills' backups in this folder.
+    pub fn with_backups(mut self, files: BackupFiles) -> Self {
+        self.backups = Some(Arc::new(files));
+        self
     }
 }
 
@@ -239,14 +248,113 @@ pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         .add(Method::POST, "/v1/devices/{id}/revoke", Access::Admin, post(revoke))
         .add(Method::GET, "/v1/usage", Access::Admin, get(usage))
         .add(Method::GET, "/v1/stores/{id}/digest", Access::Admin, get(store_digest));
+    // Backup objects are large, already compressed and encrypted streams:
+    // they bypass the JSON body limit and the zstd layer, and are streamed
+    // to disk with their own limit (`backups::OBJECT_LEN_MAX`).
+    let b = Routes { router: Router::new(), list: r.list }
+        .add(Method::PUT, "/v1/backups/{name}", Access::Device, put(backup_put))
+        .add(Method::GET, "/v1/backups", Access::Device, get(backup_list))
+        .add(Method::GET, "/v1/backups/{name}", Access::Device, get(backup_get))
+        .add(Method::DELETE, "/v1/backups/{name}", Access::Device, delete(backup_delete))
+        .add(Method::GET, "/v1/admin/backups", Access::Admin, get(admin_backup_list))
+        .add(Method::GET, "/v1/admin/backups/{device}/{name}", Access::Admin, get(admin_backup_get));
     let router = r
         .router
-        .fallback(|| async { HubError::NotFound("route".into()) })
-        .method_not_allowed_fallback(|| async { HubError::MethodNotAllowed })
         .layer(middleware::from_fn(zstd_layer))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
+        .merge(b.router.layer(axum::extract::DefaultBodyLimit::disable()))
+        .fallback(|| async { HubError::NotFound("route".into()) })
+        .method_not_allowed_fallback(|| async { HubError::MethodNotAllowed })
         .with_state(state);
-    (router, r.list)
+    (router, b.list)
+}
+
+fn backup_files(st: &AppState) -> Result<Arc<BackupFiles>, HubError> {
+    st.backups.clone().ok_or_else(|| HubError::NotFound("backup storage on this hub".into()))
+}
+
+/// Streams a stored object.
+async fn send_file(path: std::path::PathBuf) -> Result<Response, HubError> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(&path).await.map_err(|e| HubError::Internal(format!("backup open: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let chunks = stream::unfold(file, |mut f| async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    let mut resp = Body::from_stream(chunks).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    Ok(resp)
+}
+
+async fn backup_put(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Response, HubError> {
+    let files = backup_files(&st)?;
+    let o = files.put(dev.tenant_id, dev.device_id, &name, body).await?;
+    Ok(Json(o).into_response())
+}
+
+async fn backup_list(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
+    let files = backup_files(&st)?;
+    let list = blocking(move || files.list(dev.tenant_id, Some(dev.device_id))).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn backup_get(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    Path(name): Path<String>,
+) -> Result<Response, HubError> {
+    let path = backup_files(&st)?.path(dev.tenant_id, dev.device_id, &name)?;
+    send_file(path).await
+}
+
+async fn backup_delete(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    Path(name): Path<String>,
+) -> Result<Response, HubError> {
+    let files = backup_files(&st)?;
+    blocking(move || files.delete(dev.tenant_id, dev.device_id, &name)).await?;
+    Ok(Json(serde_json::json!({"deleted": true})).into_response())
+}
+
+#[derive(Deserialize)]
+struct AdminBackupQuery {
+    #[serde(default)]
+    device: Option<Uuid>,
+}
+
+async fn admin_backup_list(
+    State(st): State<AppState>,
+    Admin(tenant): Admin,
+    QueryArgs(q): QueryArgs<AdminBackupQuery>,
+) -> Result<Response, HubError> {
+    let files = backup_files(&st)?;
+    let list = blocking(move || files.list(tenant, q.device)).await?;
+    Ok(Json(list).into_response())
+}
+
+async fn admin_backup_get(
+    State(st): State<AppState>,
+    Admin(tenant): Admin,
+    Path((device, name)): Path<(String, String)>,
+) -> Result<Response, HubError> {
+    let device = Uuid::parse_str(&device).map_err(|_| HubError::bad("bad_id", "not a device id"))?;
+    let path = backup_files(&st)?.path(tenant, device, &name)?;
+    send_file(path).await
 }
 
 /// The router of API version 1.
@@ -382,7 +490,16 @@ async fn revoke(
 }
 
 async fn usage(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
-    let r = blocking(move || st.storage.usage(tenant)).await?;
+    let files = st.backups.clone();
+    let r = blocking(move || {
+        let mut u = st.storage.usage(tenant)?;
+        if let Some(f) = files {
+            u.backup_bytes = f.used_bytes(tenant)?;
+            u.quota_backup_bytes = f.quota_bytes(tenant)?;
+        }
+        Ok(u)
+    })
+    .await?;
     Ok(Json(r).into_response())
 }
 

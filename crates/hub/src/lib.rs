@@ -5,11 +5,13 @@
 //! default backend.
 
 pub mod app;
+pub mod backups;
 pub mod error;
 pub mod sqlite;
 pub mod storage;
 
 pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metrics_router};
+pub use backups::{BackupFiles, BackupObject};
 pub use error::HubError;
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

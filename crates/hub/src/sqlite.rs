@@ -551,6 +551,7 @@ impl HubStorage for SqliteHub {
             stores: stores as u64,
             quarantined: quarantined as u64,
             quota_changes: quota as u64,
+            ..Usage::default()
         })
     }
 

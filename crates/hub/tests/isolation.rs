@@ -25,7 +25,9 @@ use tillsync_core::wire::{
 };
 use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
 use tillsync_hub::app::HEALTH_BODY;
-use tillsync_hub::{Access, AppState, Caller, DeviceAuth, HubStorage, RouteInfo, SqliteHub, app_with_routes};
+use tillsync_hub::{
+    Access, AppState, BackupFiles, BackupObject, Caller, DeviceAuth, HubStorage, RouteInfo, SqliteHub, app_with_routes,
+};
 use tillsync_store::sample::PRODUCTS;
 use tillsync_store::{Identity, SaleRequest, Store};
 use tower::ServiceExt;
@@ -474,6 +476,8 @@ fn hub_view(hub: &SqliteHub, tenant: Uuid, store: Uuid) -> String {
 struct World {
     _dir: tempfile::TempDir,
     hub: Arc<SqliteHub>,
+    /// The hub's backup folder; a1 and b1 each keep `m.tsb` there.
+    files: BackupFiles,
     router: Router,
     routes: Vec<RouteInfo>,
     ta: Uuid,
@@ -502,7 +506,8 @@ impl World {
     async fn new(seed: u64) -> World {
         let dir = tempfile::tempdir().unwrap();
         let hub = Arc::new(SqliteHub::open(dir.path(), IdGen::from_u64(seed)).unwrap());
-        let (router, routes) = app_with_routes(AppState::new(hub.clone()));
+        let files = BackupFiles::new(&dir.path().join("backups"));
+        let (router, routes) = app_with_routes(AppState::new(hub.clone()).with_backups(files.clone()));
         let t = now();
         // Both tenants get the sample catalogue, so every negative check
         // ("B sees none of A's") has a positive twin ("B sees B's").
@@ -524,9 +529,13 @@ impl World {
             devs.push(Dev { name, e, node });
         }
         let [a1, a1b, a2, b1]: [Dev; 4] = devs.try_into().ok().unwrap();
+        for (tenant, dev) in [(ta, &a1), (tb, &b1)] {
+            files.put(tenant, dev.e.device_id, "m.tsb", Body::from(backup_bytes(&dev.e))).await.unwrap();
+        }
         let mut w = World {
             _dir: dir,
             hub,
+            files,
             router,
             routes,
             ta,
@@ -729,6 +738,8 @@ fn malformed(own: &str) -> Vec<String> {
 /// What a cell carries from building its request to checking its result.
 #[derive(Default)]
 struct Ctx {
+    /// A backup object name the cell uploads or deletes, with its bytes.
+    backup: Option<(String, Vec<u8>)>,
     /// A ledger row pushed under someone else's identity: must never apply.
     forged_row: Option<Uuid>,
     /// The push body, to check its acks.
@@ -745,7 +756,7 @@ struct Ctx {
 
 fn who_list(route: &RouteInfo, n_malformed: usize) -> Vec<Who> {
     let mut v = vec![Who::Own];
-    if route.access == Access::Admin && route.path.contains("{id}") {
+    if route.access == Access::Admin && (route.path.contains("{id}") || route.path.contains("{device}")) {
         v.push(Who::OwnForeignTarget);
     }
     v.extend([
@@ -840,6 +851,39 @@ impl World {
                 (path, Some(b"{}".to_vec()))
             }
             ("GET", "/v1/usage") => ("/v1/usage".into(), None),
+            ("PUT", "/v1/backups/{name}") => {
+                let name = format!("matrix-{}.tsb", self.next_seed());
+                let bytes = name.as_bytes().repeat(100);
+                ctx.backup = Some((name.clone(), bytes.clone()));
+                (format!("/v1/backups/{name}"), Some(bytes))
+            }
+            ("GET", "/v1/backups") => ("/v1/backups".into(), None),
+            ("GET", "/v1/backups/{name}") => ("/v1/backups/m.tsb".into(), None),
+            ("DELETE", "/v1/backups/{name}") => {
+                // The positive control deletes an object of its own, made
+                // for the cell; everyone else aims at a1's `m.tsb`.
+                let name = if who == Who::Own {
+                    let name = format!("del-{}.tsb", self.next_seed());
+                    let files = self.files.clone();
+                    let (ta, dev, n) = (self.ta, self.a1.e.device_id, name.clone());
+                    std::thread::spawn(move || {
+                        tokio::runtime::Runtime::new().unwrap().block_on(files.put(ta, dev, &n, Body::from("x")))
+                    })
+                    .join()
+                    .unwrap()
+                    .unwrap();
+                    name
+                } else {
+                    "m.tsb".to_string()
+                };
+                ctx.backup = Some((name.clone(), vec![]));
+                (format!("/v1/backups/{name}"), None)
+            }
+            ("GET", "/v1/admin/backups") => ("/v1/admin/backups".into(), None),
+            ("GET", "/v1/admin/backups/{device}/{name}") => {
+                let dev = if who == Who::OwnForeignTarget { &self.b1.e } else { &self.a1.e };
+                (format!("/v1/admin/backups/{}/m.tsb", dev.device_id), None)
+            }
             ("GET", "/v1/stores/{id}/digest") => {
                 let store = if who == Who::OwnForeignTarget { self.s_b1 } else { self.s_a1 };
                 ctx.target_store = Some(store);
@@ -971,6 +1015,75 @@ impl World {
                     }
                 }
             }
+            "/v1/backups/{name}" if route.method == Method::PUT => {
+                // Stored under the caller's own device, whoever it is.
+                r.ok();
+                let o: BackupObject = r.typed();
+                let dev = &self.device_for(who).e;
+                let (name, bytes) = ctx.backup.as_ref().unwrap();
+                assert_eq!((o.device_id, &o.name), (dev.device_id, name), "{}", r.what);
+                let p = self.files.path(dev.tenant_id, dev.device_id, name).unwrap();
+                assert_eq!(&std::fs::read(p).unwrap(), bytes, "{}", r.what);
+                assert!(self.files.path(self.ta, self.a1.e.device_id, name).is_err() || who == Who::Own, "{}", r.what);
+            }
+            "/v1/backups" => {
+                r.ok();
+                let list: Vec<BackupObject> = r.typed();
+                let dev = self.device_for(who).e.device_id;
+                assert!(list.iter().all(|o| o.device_id == dev), "{}: another device's backups listed", r.what);
+                assert_eq!(list.iter().any(|o| o.name == "m.tsb"), who != Who::OtherStore, "{}", r.what);
+            }
+            "/v1/backups/{name}" if route.method == Method::GET => {
+                // The caller's own `m.tsb` (b1 has one too), never a1's.
+                let dev = &self.device_for(who).e;
+                if who == Who::OtherStore {
+                    r.expect(404, "not_found");
+                } else {
+                    r.ok();
+                    assert_eq!(r.body.to_vec(), backup_bytes(dev), "{}", r.what);
+                }
+            }
+            "/v1/backups/{name}" => {
+                // DELETE: only the caller's own objects.
+                if who == Who::OtherStore {
+                    r.expect(404, "not_found");
+                } else {
+                    r.ok();
+                    let dev = &self.device_for(who).e;
+                    let (name, _) = ctx.backup.as_ref().unwrap();
+                    assert!(self.files.path(dev.tenant_id, dev.device_id, name).is_err(), "{}: not deleted", r.what);
+                    if who == Who::OtherTenant {
+                        // b1 deleted its own: put it back for later cells.
+                        let (files, e) = (self.files.clone(), dev.clone());
+                        std::thread::spawn(move || {
+                            tokio::runtime::Runtime::new().unwrap().block_on(files.put(
+                                e.tenant_id,
+                                e.device_id,
+                                "m.tsb",
+                                Body::from(backup_bytes(&e)),
+                            ))
+                        })
+                        .join()
+                        .unwrap()
+                        .unwrap();
+                    }
+                }
+            }
+            "/v1/admin/backups" => {
+                r.ok();
+                let list: Vec<BackupObject> = r.typed();
+                let (mine, theirs) = if who == Who::Own { (&self.a1.e, &self.b1.e) } else { (&self.b1.e, &self.a1.e) };
+                assert!(list.iter().any(|o| o.device_id == mine.device_id), "{}: own tenant's backups", r.what);
+                assert!(list.iter().all(|o| o.device_id != theirs.device_id), "{}: another tenant's", r.what);
+            }
+            "/v1/admin/backups/{device}/{name}" => {
+                if who == Who::Own {
+                    r.ok();
+                    assert_eq!(r.body.to_vec(), backup_bytes(&self.a1.e), "{}", r.what);
+                } else {
+                    r.expect(404, "not_found");
+                }
+            }
             "/v1/devices" => {
                 r.ok();
                 let list: Vec<DeviceInfo> = r.typed();
@@ -1043,6 +1156,9 @@ impl World {
 
     /// After every cell: forged rows applied nowhere, devices untouched.
     fn check_after(&self, route: &RouteInfo, who: Who, r: &Resp, ctx: &Ctx) {
+        // a1's own backup survives every cell that is not a1's own.
+        let kept = self.files.path(self.ta, self.a1.e.device_id, "m.tsb");
+        assert!(kept.is_ok_and(|p| std::fs::read(p).unwrap() == backup_bytes(&self.a1.e)), "{}: a1's backup", r.what);
         if let Some(row) = ctx.forged_row {
             for (tenant, store) in
                 [(self.ta, self.s_a1), (self.ta, self.s_a2), (self.tb, self.s_b1), (self.tb, self.s_a1)]
@@ -1458,8 +1574,16 @@ async fn malformed_queries_and_wrong_methods_are_json_errors() {
     }
     // Every route under the method it does not take.
     for route in &w.routes {
-        let method = if route.method == Method::GET { Method::POST } else { Method::GET };
-        let path = route.path.replace("{id}", &Uuid::nil().to_string());
+        let mut method = if route.method == Method::GET { Method::POST } else { Method::GET };
+        // A path served under several methods (backups): a method none takes.
+        if w.routes.iter().any(|o| o.path == route.path && o.method == method) {
+            method = Method::PATCH;
+        }
+        let path = route
+            .path
+            .replace("{id}", &Uuid::nil().to_string())
+            .replace("{device}", &Uuid::nil().to_string())
+            .replace("{name}", "m.tsb");
         let token = if route.access == Access::Admin { &*w.admin_a } else { w.a1.token() };
         let r = call_raw(&w.router, request(&method, &path, Some(&bearer(token)), None)).await;
         if !matches!(r.status.as_u16(), 404 | 405) {
@@ -1507,4 +1631,10 @@ async fn enrolment_codes_are_single_use_and_expire() {
     r.expect(401, "unauthorized");
     // Cannot mint a code for another tenant's store.
     assert!(w.hub.create_enrol_code(w.ta, w.s_b1, now(), 600_000).is_err());
+}
+
+/// The content of a device's backup object `m.tsb` in the matrix: its own
+/// id, so whose object came back is plain.
+fn backup_bytes(e: &Enrolment) -> Vec<u8> {
+    format!("backup of {}", e.device_id).into_bytes().repeat(50)
 }

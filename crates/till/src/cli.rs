@@ -328,7 +328,8 @@ pub enum HubCmd {
         #[arg(long)]
         tenant: String,
     },
-    /// Quota on a tenant's catalogue and telemetry changes (sales are never refused).
+    /// Quotas of a tenant: catalogue and telemetry changes (sales are never
+    /// refused) and backup storage.
     Quota {
         #[command(flatten)]
         data: HubData,
@@ -336,7 +337,10 @@ pub enum HubCmd {
         tenant: String,
         /// Most catalogue and telemetry changes stored (0: no quota).
         #[arg(long)]
-        changes: u64,
+        changes: Option<u64>,
+        /// Most bytes of backups kept for the tenant's tills (0: no quota).
+        #[arg(long)]
+        backup_bytes: Option<u64>,
     },
     /// Compact a tenant's change log, keeping the newest entries; tills
     /// behind the horizon bootstrap again (heads and tombstones are kept).

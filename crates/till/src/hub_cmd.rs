@@ -3,7 +3,7 @@
 use crate::cli::{HubCmd, HubPolicyCmd, StoreCmd, TenantCmd};
 use crate::node::{now_ms, os_ids};
 use crate::output;
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,6 +12,11 @@ use uuid::Uuid;
 
 fn hub(data: &Path) -> Result<SqliteHub> {
     Ok(SqliteHub::open(data, os_ids())?)
+}
+
+/// Where the hub keeps tills' backups: `DATA/backups`.
+fn backup_files(data: &Path) -> tillsync_hub::BackupFiles {
+    tillsync_hub::BackupFiles::new(&data.join("backups"))
 }
 
 fn uuid(s: &str, what: &str) -> Result<Uuid> {
@@ -69,23 +74,51 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             Ok(())
         }
         HubCmd::Usage { data, tenant } => {
-            let u = hub(&data.data)?.usage(uuid(&tenant, "tenant")?)?;
+            let tenant = uuid(&tenant, "tenant")?;
+            let mut u = hub(&data.data)?.usage(tenant)?;
+            let files = backup_files(&data.data);
+            u.backup_bytes = files.used_bytes(tenant)?;
+            u.quota_backup_bytes = files.quota_bytes(tenant)?;
             if j {
                 output::json(&u);
             } else {
                 println!(
-                    "changes {}  bytes {}  devices {}  stores {}  quarantined {}  quota {}",
-                    u.changes, u.bytes, u.devices, u.stores, u.quarantined, u.quota_changes
+                    "changes {}  bytes {}  devices {}  stores {}  quarantined {}  quota {}  backups {} bytes (quota {})",
+                    u.changes,
+                    u.bytes,
+                    u.devices,
+                    u.stores,
+                    u.quarantined,
+                    u.quota_changes,
+                    u.backup_bytes,
+                    u.quota_backup_bytes
                 );
             }
             Ok(())
         }
-        HubCmd::Quota { data, tenant, changes } => {
-            hub(&data.data)?.set_quota(uuid(&tenant, "tenant")?, changes)?;
+        HubCmd::Quota { data, tenant, changes, backup_bytes } => {
+            if changes.is_none() && backup_bytes.is_none() {
+                bail!("give --changes N and/or --backup-bytes N (0 removes a quota)");
+            }
+            let tenant = uuid(&tenant, "tenant")?;
+            let h = hub(&data.data)?;
+            // An unknown tenant is refused before anything is written.
+            h.usage(tenant)?;
+            if let Some(n) = changes {
+                h.set_quota(tenant, n)?;
+            }
+            if let Some(n) = backup_bytes {
+                backup_files(&data.data).set_quota_bytes(tenant, n)?;
+            }
             if j {
-                output::json(&json!({"quota_changes": changes}))
+                output::json(&json!({"quota_changes": changes, "quota_backup_bytes": backup_bytes}))
             } else {
-                println!("quota set to {changes} changes")
+                if let Some(n) = changes {
+                    println!("quota set to {n} catalogue and telemetry changes");
+                }
+                if let Some(n) = backup_bytes {
+                    println!("backup quota set to {n} bytes");
+                }
             }
             Ok(())
         }
@@ -123,7 +156,7 @@ pub fn serve(
     install_crypto();
     crate::init_logs();
     let storage: Arc<dyn HubStorage> = Arc::new(hub(data)?);
-    let state = AppState::new(storage);
+    let state = AppState::new(storage).with_backups(backup_files(data));
     let metrics_app = tillsync_hub::metrics_router(state.clone());
     let router = app(state);
     let metrics = metrics.map(str::to_string);
