@@ -1127,3 +1127,36 @@ fn config_get_set_validates_and_the_environment_overrides() {
     assert_ne!(o.code, 0, "a bad override is an error: {}", o.stdout);
     assert!(o.stderr.contains("TILL_SYNC_INTERVAL_S") || o.stderr.contains("interval_s"), "{}", o.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// 11. `till sync --full` repairs a till that drifted
+// ---------------------------------------------------------------------------
+
+#[test]
+fn full_sync_repairs_a_till_that_drifted() {
+    let w = world();
+    let (a, b) = (w.dir("a"), w.dir("b"));
+    w.t.enrol(&w.hub.url, &a, "Till A");
+    w.t.enrol(&w.hub.url, &b, "Till B");
+    let sale = sell(&b, "LATTE:2");
+    sync(&b);
+    sync(&a);
+    assert_eq!(status(&a)["state_digest"], w.t.digest());
+    // Drift: A loses its copy of B's sale (a damaged disk, a manual edit).
+    {
+        let db = rusqlite::Connection::open(a.join("till.db")).expect("open till.db");
+        let n = db
+            .execute("DELETE FROM ledger WHERE tbl = 'sales' AND id = ?1", [s(&sale["sale_id"])])
+            .expect("delete the row");
+        assert_eq!(n, 1);
+    }
+    assert_ne!(status(&a)["state_digest"], w.t.digest(), "the till drifted");
+    // A plain round has nothing new to pull and does not notice.
+    sync(&a);
+    assert_ne!(status(&a)["state_digest"], w.t.digest());
+    // A full round re-pulls the scope, compares digests and repairs.
+    let r = json(&["sync", "--data", p(&a), "--full"]);
+    assert_eq!(r["digest_matches"], true, "{r}");
+    assert_eq!(status(&a)["state_digest"], w.t.digest());
+    assert!(sale_ids(&a).contains(&s(&sale["sale_id"])), "the lost sale is back");
+}
