@@ -1160,3 +1160,47 @@ fn full_sync_repairs_a_till_that_drifted() {
     assert_eq!(status(&a)["state_digest"], w.t.digest());
     assert!(sale_ids(&a).contains(&s(&sale["sale_id"])), "the lost sale is back");
 }
+
+// ---------------------------------------------------------------------------
+// 12. `till demo`: a hub and two tills converging, each till's UI served
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_demo_converges_and_serves_both_tills_ui() {
+    let tmp = TempDir::new().expect("tempdir");
+    let dir = tmp.path().join("demo");
+    let mut child = Bg(base_command()
+        .args(["demo", "--dir", p(&dir), "--exit-after", "60", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the demo"));
+    // The summary is one pretty-printed JSON object, printed once the tills
+    // have converged; the demo keeps running after it.
+    let out = child.0.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                let _ = tx.send(v);
+                return;
+            }
+        }
+    });
+    let v = rx.recv_timeout(Duration::from_secs(60)).expect("the demo prints its summary");
+    assert_eq!(v["converged"], true, "{v}");
+    assert_eq!(v["seen_on_till_2"], true, "{v}");
+    let ui: Vec<String> = v["ui"].as_array().expect("ui addresses").iter().map(s).collect();
+    assert_eq!(ui.len(), 2, "{v}");
+    for u in &ui {
+        let addr = u.trim_start_matches("http://").trim_end_matches('/');
+        let (code, body) = http(addr, "GET", "/signin");
+        assert_eq!(code, 200, "{u}: {body}");
+        assert!(body.contains("Sign in"), "{u} serves the sign-in page");
+    }
+    child.kill();
+}
