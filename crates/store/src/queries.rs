@@ -396,9 +396,10 @@ impl Store {
     pub fn digests_for(&self, store: Option<Uuid>) -> Result<(String, String), StoreError> {
         let mut state = StateDigest::default();
         let mut tenant = StateDigest::default();
-        let mut st = self
-            .conn
-            .prepare("SELECT id, tbl, row_id, field, value, base FROM writes ORDER BY tbl, row_id, field, id")?;
+        let mut st = self.conn.prepare(
+            "SELECT w.id, w.tbl, w.row_id, w.field, w.value, w.base FROM heads h JOIN writes w ON w.id = h.write_id
+             ORDER BY h.tbl, h.row_id, h.field, h.write_id",
+        )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let w = Write {
