@@ -63,7 +63,7 @@ pub const PULL_LEN_MAX: usize = 1_000;
 /// Most changes in one push.
 pub const PUSH_LEN_MAX: usize = 1_000;
 
-fn sha(s: &str) -> String {
+pub(crate) fn sha(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -141,7 +141,7 @@ impl SqliteHub {
         self.ids.lock().expect("ids").new_v7(now_ms)
     }
 
-    fn hub_device(tenant: Uuid) -> Uuid {
+    pub(crate) fn hub_device(tenant: Uuid) -> Uuid {
         derived_id(tenant, "hub", "device")
     }
 
@@ -294,7 +294,7 @@ impl SqliteHub {
 
 /// Splits a change's operations by scope: tenant-wide operations (record
 /// writes, tenant ledgers) and one part per store for store ledgers.
-fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
+pub(crate) fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
     let mut parts: BTreeMap<Option<Uuid>, Vec<WireOp>> = BTreeMap::new();
     for (op, w) in ops.iter().zip(wire) {
         let scope = match op {
@@ -335,11 +335,10 @@ fn insert_log(
 }
 
 /// Why a pushed change cannot be applied (it is quarantined instead).
-/// Why a pushed change cannot be applied (it is quarantined instead).
 /// `relayed` gives the store of each other device of the tenant named as an
 /// origin: a till may relay another till's changes (imported pending
 /// changes, a restored till), unchanged, within its own store.
-fn validate(
+pub(crate) fn validate(
     schema: &Schema,
     dev: &DeviceAuth,
     ops: &[Op],
@@ -367,6 +366,31 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// Devices other than the caller named as origins in a push (at most
+/// 1,000 are looked up: a till relays its own store's few devices).
+pub(crate) fn other_origins(dev: &DeviceAuth, req: &PushRequest) -> Vec<Uuid> {
+    let mut others: std::collections::BTreeSet<Uuid> = std::collections::BTreeSet::new();
+    for c in &req.changes {
+        for op in &c.ops {
+            match op {
+                WireOp::Insert { device, .. } if *device != dev.device_id => {
+                    others.insert(*device);
+                }
+                WireOp::Write { id, .. } => {
+                    if let Some((_, d)) = id.split_once('-')
+                        && let Ok(u) = Uuid::try_parse(d)
+                        && u != dev.device_id
+                    {
+                        others.insert(u);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    others.into_iter().take(1_000).collect()
 }
 
 impl HubStorage for SqliteHub {
@@ -576,35 +600,17 @@ impl HubStorage for SqliteHub {
         // Other devices named as origins, looked up before the tenant lock.
         let mut relayed: std::collections::HashMap<Uuid, Uuid> = std::collections::HashMap::new();
         {
-            let mut others: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-            for c in &req.changes {
-                for op in &c.ops {
-                    match op {
-                        WireOp::Insert { device, .. } if *device != dev.device_id => {
-                            others.insert(device.to_string());
-                        }
-                        WireOp::Write { id, .. } => {
-                            if let Some((_, d)) = id.split_once('-')
-                                && let Ok(u) = Uuid::try_parse(d)
-                                && u != dev.device_id
-                            {
-                                others.insert(u.to_string());
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            let others = other_origins(dev, req);
             if !others.is_empty() {
                 let c = self.control.lock().expect("control");
                 let mut st = c.prepare_cached("SELECT store FROM devices WHERE id = ?1 AND tenant = ?2")?;
-                for o in others.iter().take(1_000) {
+                for o in &others {
                     let store: Option<String> =
-                        st.query_row(params![o, dev.tenant_id.to_string()], |r| r.get(0)).optional()?;
-                    if let (Some(s), Ok(id)) = (store, Uuid::parse_str(o))
+                        st.query_row(params![o.to_string(), dev.tenant_id.to_string()], |r| r.get(0)).optional()?;
+                    if let Some(s) = store
                         && let Ok(s) = Uuid::parse_str(&s)
                     {
-                        relayed.insert(id, s);
+                        relayed.insert(*o, s);
                     }
                 }
             }
@@ -823,6 +829,10 @@ impl HubStorage for SqliteHub {
             return Err(HubError::NotFound(format!("device {device}")));
         }
         Ok(())
+    }
+
+    fn compact(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError> {
+        SqliteHub::compact(self, tenant, keep_len)
     }
 
     fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
