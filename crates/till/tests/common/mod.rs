@@ -54,7 +54,7 @@ impl Out {
 /// and no inherited `TILL_SYNC_*` / `TILL_NETWORK_*` overrides.
 pub fn base_command() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("TILL_DATA").env_remove("TILL_HUB_DATA").env_remove("TILL_ADMIN_TOKEN");
+    c.env_remove("TILL_DATA").env_remove("TILL_HUB_DATA").env_remove("TILL_ADMIN_TOKEN").env_remove("DATABASE_URL");
     for (k, _) in std::env::vars() {
         if k.starts_with("TILL_SYNC_") || k.starts_with("TILL_NETWORK_") {
             c.env_remove(k);
@@ -151,7 +151,15 @@ impl Hub {
     /// Starts the hub on `listen`; Err if it exits before printing its
     /// address (e.g. the port is still taken).
     pub fn try_start(data: &Path, listen: &str) -> Result<Hub, String> {
-        let args = ["hub", "serve", "--data", p(data), "--listen", listen, "--json"];
+        Hub::try_start_on(&["--data", p(data)], listen)
+    }
+
+    /// Starts the hub on the storage `storage` names (`--data DIR` or
+    /// `--database-url URL`).
+    pub fn try_start_on(storage: &[&str], listen: &str) -> Result<Hub, String> {
+        let mut args = vec!["hub", "serve"];
+        args.extend_from_slice(storage);
+        args.extend_from_slice(&["--listen", listen, "--json"]);
         let mut child = base_command()
             .args(args)
             .stdin(Stdio::null())
@@ -204,10 +212,15 @@ impl Hub {
 
     /// Restarts on a given port, retrying while the old socket lingers.
     pub fn start_on_port(data: &Path, port: u16) -> Hub {
+        Hub::start_on_port_with(&["--data", p(data)], port)
+    }
+
+    /// [`Hub::start_on_port`] on any storage.
+    pub fn start_on_port_with(storage: &[&str], port: u16) -> Hub {
         let deadline = Instant::now() + Duration::from_secs(5);
         let listen = format!("127.0.0.1:{port}");
         loop {
-            match Hub::try_start(data, &listen) {
+            match Hub::try_start_on(storage, &listen) {
                 Ok(h) => return h,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("hub restart on {listen} retried: {e}");
