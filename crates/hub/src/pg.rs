@@ -556,18 +556,32 @@ impl PgHub {
         let mut c = self.conn()?;
         let m = self.merged(tenant)?;
         let mut m = m.lock().expect("merged");
-        // Read after taking the state's lock, so the state is never ahead of
-        // the position reported with it.
-        let last_pos: i64 = c
-            .query_opt("SELECT last_pos FROM tenants WHERE id = $1", &[&tenant])?
-            .ok_or_else(|| HubError::NotFound(format!("tenant {tenant}")))?
-            .get(0);
-        if let Err(e) = Self::catch_up(&mut *c, &mut m, tenant, last_pos as u64) {
-            drop(m);
-            self.forget_merged(tenant);
-            return Err(e);
+        // One snapshot for the end of the log, the compacted base and the
+        // entries: a compaction committing in between cannot delete entries
+        // this catch-up has not read yet. Read after taking the state's
+        // lock, so the state is never behind the position reported with it.
+        let r = (|| -> Result<u64, HubError> {
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()?;
+            let last_pos: i64 = tx
+                .query_opt("SELECT last_pos FROM tenants WHERE id = $1", &[&tenant])?
+                .ok_or_else(|| HubError::NotFound(format!("tenant {tenant}")))?
+                .get(0);
+            Self::catch_up(&mut tx, &mut m, tenant, last_pos as u64)?;
+            tx.commit()?;
+            Ok(last_pos as u64)
+        })();
+        match r {
+            Ok(last_pos) => f(&m.store, last_pos),
+            Err(e) => {
+                drop(m);
+                self.forget_merged(tenant);
+                Err(e)
+            }
         }
-        f(&m.store, last_pos as u64)
     }
 
     fn check_store(c: &mut impl GenericClient, tenant: Uuid, store: Uuid) -> Result<(), HubError> {
@@ -1256,6 +1270,13 @@ pub mod testing {
         /// (a failed test, never a skipped one) if the server is unreachable.
         pub fn create() -> TestDatabase {
             let server = std::env::var("TILLSYNC_TEST_PG").unwrap_or_else(|_| DEFAULT_SERVER_URL.to_string());
+            TestDatabase::create_on(&server)
+        }
+
+        /// Creates the database on the server at `server` (a URL naming any
+        /// database the user may connect to, e.g. `postgres`).
+        pub fn create_on(server: &str) -> TestDatabase {
+            let server = server.to_string();
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
             h.write_u128(
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
