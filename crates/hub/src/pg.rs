@@ -40,6 +40,8 @@ use uuid::Uuid;
 
 /// The channel every hub process LISTENs on.
 pub const EVENTS_CHANNEL: &str = "tillsync_events";
+/// `application_name` of a process's LISTEN connection.
+pub const LISTEN_APPLICATION_NAME: &str = "tillsync-hub-listen";
 
 /// Key of the advisory lock that serialises migrations of hub processes
 /// starting at once ("tillsync" in ASCII).
@@ -1205,7 +1207,9 @@ impl HubStorage for PgHub {
     }
 
     fn watch_external(&self, sink: Arc<dyn Fn(Notice) + Send + Sync>) {
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        // Named apart from the pool's connections (pg_stat_activity).
+        config.application_name(LISTEN_APPLICATION_NAME);
         let (instance, stop) = (self.instance, self.stop.clone());
         let spawned = std::thread::Builder::new()
             .name("tillsync-hub-listen".into())

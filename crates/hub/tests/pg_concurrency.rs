@@ -378,6 +378,81 @@ fn a_push_through_one_process_is_heard_by_the_other() {
     assert!(rx_a.recv_timeout(Duration::from_millis(300)).is_err(), "process A heard its own push through LISTEN");
 }
 
+/// A LISTEN connection that breaks (the server ended it) comes back by
+/// itself, and pushes through the other process are heard again.
+#[test]
+fn a_broken_listen_connection_reconnects() {
+    let db = TestDatabase::create();
+    let (a, b) = (process(&db, 11), process(&db, 12));
+    let s = shop(&a, false);
+    let (tx, rx) = mpsc::channel::<Notice>();
+    let tx = Mutex::new(tx);
+    b.watch_external(Arc::new(move |n| {
+        let _ = tx.lock().unwrap().send(n);
+    }));
+    let e = enrol(&a, s.tenant, s.store, "till");
+    let mut node = till(&a, &e, 61);
+    let mut heard_after_push = |what: &str| {
+        let started = Instant::now();
+        loop {
+            movement(&mut node, 1);
+            push(&a, &e, &node);
+            if rx.recv_timeout(Duration::from_millis(300)).is_ok() {
+                return;
+            }
+            assert!(started.elapsed() < Duration::from_secs(20), "{what}: process B hears nothing");
+        }
+    };
+    heard_after_push("before the break");
+    let mut admin = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1) t",
+            &[&tillsync_hub::pg::LISTEN_APPLICATION_NAME],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1, "one LISTEN connection (process B's)");
+    while rx.try_recv().is_ok() {}
+    heard_after_push("after the break");
+}
+
+/// The pool is bounded and waits at most its acquire timeout: with every
+/// connection busy, a request fails fast with `unavailable` (503) instead
+/// of hanging, and works again once a connection is free.
+#[test]
+fn an_exhausted_pool_answers_unavailable_after_the_acquire_timeout() {
+    let db = TestDatabase::create();
+    let options = PgOptions { pool_len_max: 1, acquire_timeout_ms: 300, ..PgOptions::default() };
+    let hub = PgHub::open(&db.url, &options, IdGen::from_u64(13)).unwrap();
+    let s = shop(&hub, false);
+    let e = enrol(&hub, s.tenant, s.store, "till");
+    let mut node = till(&hub, &e, 71);
+    movement(&mut node, 1);
+    let req = pending(&node);
+    let (held_tx, held_rx) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    hub.set_before_commit_hook(Some(Arc::new(move || {
+        let _ = held_tx.send(());
+        let _ = go_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+    })));
+    std::thread::scope(|scope| {
+        let pusher = scope.spawn(|| push_req(&hub, &e, &req));
+        held_rx.recv_timeout(Duration::from_secs(30)).expect("the push holds the only connection");
+        let started = Instant::now();
+        let err = hub.usage(s.tenant).unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.code(), "unavailable", "{err:?}");
+        assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "waited {waited:?}");
+        go_tx.send(()).unwrap();
+        pusher.join().unwrap();
+    });
+    hub.set_before_commit_hook(None);
+    assert_eq!(hub.usage(s.tenant).unwrap().changes, 1, "the held push committed, and the pool serves again");
+}
+
 /// Compaction on PostgreSQL: the log before the horizon is folded into a
 /// base; a process with a cold cache rebuilds the same digest from it, a
 /// cursor behind the horizon is told to bootstrap, and the snapshot holds
