@@ -181,6 +181,17 @@ fn two_hub_processes_converge_after_one_is_killed_mid_push() {
     let u = json(&["hub", "usage", "--tenant", &t.id, "--database-url", &db.url]);
     assert_eq!(u["devices"], 4, "{u}");
     assert_eq!(u["quarantined"], 0, "{u}");
+
+    // Compacting the whole log through the admin command: the tills behind
+    // the horizon bootstrap again from either process and lose nothing.
+    let c = json(&["hub", "compact", "--tenant", &t.id, "--keep", "0", "--database-url", &db.url]);
+    assert!(c["horizon"].as_u64().unwrap_or(0) > 0, "{c}");
+    sell(all[1], "MUG:1");
+    sync_until_stable(&all, 5);
+    assert_converged(&t, &all);
+    for d in &all {
+        assert_eq!(sales(d).len(), sold.len() + 1, "{}", d.display());
+    }
     drop((hub_a2, hub_b));
 }
 
@@ -215,7 +226,16 @@ fn a_till_on_one_process_hears_a_sale_pushed_through_the_other() {
     };
     eprintln!("sale pushed through process A visible on a till of process B after {seen:?}");
     assert!(seen < Duration::from_secs(5), "the live event took {seen:?}: it came by the timer, not the event");
+    // An admin command is a third process on the database: its policy write
+    // reaches B's till at once too.
+    let started = Instant::now();
+    ok(&["hub", "policy", "set", "--tenant", &t.id, "products.price_minor", "manual", "--database-url", &db.url]);
+    runner.wait_round(Duration::from_secs(10), "that pulls the policy", |v| v["pulled"].as_u64().unwrap_or(0) >= 1);
+    let seen = started.elapsed();
+    eprintln!("policy set by the admin command pulled by B's till after {seen:?}");
+    assert!(seen < Duration::from_secs(5), "the policy came by the timer ({seen:?}), not a live event");
     drop(runner);
+    sync(&a);
     sync(&b);
     assert_converged(&t, &[&a, &b]);
     drop((hub_a, hub_b));
