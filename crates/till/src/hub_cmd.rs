@@ -14,7 +14,12 @@ use uuid::Uuid;
 /// The URL with any password hidden, for output and errors.
 fn redact(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
+        // A key=value connection string.
+        return url
+            .split_whitespace()
+            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+            .collect::<Vec<_>>()
+            .join(" ");
     };
     match url[start..].find('@') {
         Some(at) => {
@@ -231,5 +236,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_database_password_is_never_printed() {
+        assert_eq!(redact("postgres://hub:s3cret@db:5432/tillsync"), "postgres://hub:***@db:5432/tillsync");
+        assert_eq!(redact("postgres://hub@db/tillsync"), "postgres://hub@db/tillsync");
+        assert_eq!(redact("postgres://db/tillsync"), "postgres://db/tillsync");
+        assert_eq!(redact("host=db user=hub password=s3cret"), "host=db user=hub password=***");
     }
 }
