@@ -290,6 +290,40 @@ fn concurrent_pushes_through_two_processes_reach_a_pulling_device() {
     assert!(seen_twice.is_empty(), "changes pulled twice: {seen_twice:?}");
 }
 
+/// A till retries a push through the other process while the first is
+/// still running (a lost answer behind a load balancer): both answers
+/// acknowledge the change, and the log holds it once.
+#[test]
+fn the_same_push_through_two_processes_at_once_is_stored_once() {
+    let db = TestDatabase::create();
+    let (a, b) = (process(&db, 14), process(&db, 15));
+    let s = shop(&a, false);
+    let e = enrol(&a, s.tenant, s.store, "till");
+    let mut node = till(&a, &e, 81);
+    let ids: Vec<Uuid> = (0..20).map(|i| movement(&mut node, i)).collect();
+    let req = pending(&node);
+    let before = a.usage(s.tenant).unwrap().changes;
+    for _ in 0..5 {
+        let barrier = Barrier::new(2);
+        let acks = std::thread::scope(|scope| {
+            let x = scope.spawn(|| {
+                barrier.wait();
+                push_req(&a, &e, &req)
+            });
+            let y = scope.spawn(|| {
+                barrier.wait();
+                push_req(&b, &e, &req)
+            });
+            (x.join().unwrap(), y.join().unwrap())
+        });
+        assert_eq!(acks.0, acks.1, "both processes acknowledge the same sequences");
+    }
+    assert_eq!(a.usage(s.tenant).unwrap().changes - before, 20, "each change is in the log once");
+    let reader = auth(&enrol(&b, s.tenant, s.store, "reader"));
+    let (seen, _) = pull_from(&b, &reader, 0);
+    assert!(ids.iter().all(|id| seen.contains(id)));
+}
+
 /// Two processes write the same field at the same moment: both writes are
 /// kept as heads (a conflict every replica sees), neither is lost.
 #[test]
