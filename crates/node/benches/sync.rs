@@ -53,6 +53,8 @@
 //!   postgres://postgres@127.0.0.1:5432/postgres) for `pg-ingest`;
 //! * `--hub-procs LIST`, `TILLSYNC_SYNC_HUB_PROCS`: hub processes per
 //!   `pg-ingest` run (1,2);
+//! * `--tenants N`, `TILLSYNC_SYNC_TENANTS`: tenants the `pg-ingest` devices
+//!   are dealt to, round robin (1: the workload of 1);
 //! * `--dir PATH`, `TILLSYNC_SYNC_DIR`: where the databases go (default the
 //!   system temp folder; it must be a real disk for fsync to count).
 //!
@@ -111,6 +113,7 @@ struct Config {
     hub_bin: Option<PathBuf>,
     pg: Option<String>,
     hub_procs: Vec<usize>,
+    tenants: usize,
 }
 
 impl Config {
@@ -169,6 +172,7 @@ fn config() -> Config {
         hub_procs: get("--hub-procs", "TILLSYNC_SYNC_HUB_PROCS")
             .map(|v| v.split(',').map(|n| n.trim().parse().expect("--hub-procs takes numbers")).collect())
             .unwrap_or_else(|| vec![1, 2]),
+        tenants: num("--tenants", "TILLSYNC_SYNC_TENANTS", 1, 1).max(1),
     }
 }
 
@@ -360,6 +364,7 @@ fn hub_child(kind: &str, at: &str) {
 /// A hub data folder with a sample tenant, one store and enrolment codes.
 struct HubSetup {
     tenant: Uuid,
+    store: Uuid,
     admin: String,
     codes: Vec<String>,
 }
@@ -376,7 +381,7 @@ fn setup_on(hub: &dyn HubStorage, codes: usize) -> HubSetup {
     let store = hub.create_store(tenant, "bench store", now_ms()).expect("store");
     let codes =
         (0..codes).map(|_| hub.create_enrol_code(tenant, store, now_ms(), 24 * 3_600_000).expect("code").0).collect();
-    HubSetup { tenant, admin, codes }
+    HubSetup { tenant, store, admin, codes }
 }
 
 fn opts() -> ClientOptions {
@@ -599,15 +604,21 @@ type Work = Vec<(HubClient, Vec<PushRequest>)>;
 /// their changes, and the same rows for the baseline. Returns an admin
 /// client of the first process too.
 async fn ingest_work(cfg: &Config, setup: &HubSetup, urls: &[&str]) -> (Work, Vec<Vec<BaseRow>>, HubClient) {
+    let admin = HubClient::new(urls[0], Some(setup.admin.clone()), &opts()).expect("admin client");
+    let (work, base) = ingest_work_for(cfg, &setup.codes, urls).await;
+    (work, base, admin)
+}
+
+/// [`ingest_work`] for any codes (of one tenant or several).
+async fn ingest_work_for(cfg: &Config, codes: &[String], urls: &[&str]) -> (Work, Vec<Vec<BaseRow>>) {
     let mut devices = Vec::new();
-    for (i, code) in setup.codes.iter().enumerate() {
+    for (i, code) in codes.iter().enumerate() {
         let url = urls[i % urls.len()];
         let e = HubClient::new(url, None, &opts()).expect("client").enrol(code, &format!("sim {i}")).await;
         let e = e.expect("enrol");
         let client = HubClient::new(url, Some(e.token), &opts()).expect("client");
-        devices.push((SimDevice::new(e.device_id, e.store_id, setup.tenant, i), client));
+        devices.push((SimDevice::new(e.device_id, e.store_id, e.tenant_id, i), client));
     }
-    let admin = HubClient::new(urls[0], Some(setup.admin.clone()), &opts()).expect("admin client");
     // Changes are built before the clock starts: only the push is measured.
     // The i-th change of every device is made at millisecond `now + i`, so
     // row ids (UUIDv7) and clocks advance as on real tills.
@@ -627,7 +638,7 @@ async fn ingest_work(cfg: &Config, setup: &HubSetup, urls: &[&str]) -> (Work, Ve
         }
         work.push((client, reqs));
     }
-    (work, base_txns, admin)
+    (work, base_txns)
 }
 
 /// Every device pushes its requests in order, all devices at once. Returns
@@ -1605,22 +1616,29 @@ fn copy_baseline(url: &str, dir: &Path, txns: &[Vec<BaseRow>]) -> (Duration, usi
 
 async fn pg_ingest_rep(cfg: &Config, server: &str, procs: usize, root: &Path) -> PgIngestRep {
     let db = TestDatabase::create_on(server);
-    let setup = {
-        let hub = PgHub::open(&db.url, &PgOptions::default(), IdGen::from_u64(7)).expect("hub database");
-        setup_on(&hub, cfg.devices)
-    };
+    // `cfg.tenants` tenants with a store each; devices dealt round robin.
+    let admin_hub = PgHub::open(&db.url, &PgOptions::default(), IdGen::from_u64(7)).expect("hub database");
+    let setups: Vec<HubSetup> = (0..cfg.tenants).map(|_| setup_on(&admin_hub, 0)).collect();
+    let mut codes = Vec::new();
+    for i in 0..cfg.devices {
+        let t = setups[i % setups.len()].tenant;
+        let store = setups[i % setups.len()].store;
+        codes.push(admin_hub.create_enrol_code(t, store, now_ms(), 24 * 3_600_000).expect("code").0);
+    }
+    let logged = |hub: &PgHub| -> u64 { setups.iter().map(|s| hub.usage(s.tenant).expect("usage").changes).sum() };
+    let logged_before = logged(&admin_hub);
     let hubs: Vec<HubProc> = (0..procs).map(|_| HubProc::spawn_on(cfg, &["--database-url", &db.url])).collect();
     let urls: Vec<&str> = hubs.iter().map(|h| h.url.as_str()).collect();
-    let (work, base_txns, admin) = ingest_work(cfg, &setup, &urls).await;
-    let logged_before = admin.usage().await.expect("usage").changes;
+    let (work, base_txns) = ingest_work_for(cfg, &codes, &urls).await;
     let total: u64 = (cfg.devices * cfg.per_device) as u64;
     let cpu0: f64 = hubs.iter().map(HubProc::cpu).sum();
     let start = Instant::now();
     let (lat, errors) = push_all(work).await;
     let wall = start.elapsed().as_secs_f64();
     let hub_cpu = hubs.iter().map(HubProc::cpu).sum::<f64>() - cpu0;
-    let logged = admin.usage().await.expect("usage").changes - logged_before;
     drop(hubs);
+    let logged = logged(&admin_hub) - logged_before;
+    drop(admin_hub);
     let dir = root.join(format!("pg-copy-{procs}"));
     std::fs::create_dir_all(&dir).expect("dir");
     let (copy_time, copy_rows) = copy_baseline(&db.url, &dir, &base_txns);
@@ -1643,8 +1661,8 @@ async fn pg_ingest_rep(cfg: &Config, server: &str, procs: usize, root: &Path) ->
 
 fn report_pg_ingest(cfg: &Config, reps: &[PgIngestRep]) -> String {
     let mut s = format!(
-        "### 5. Hub ingest on PostgreSQL: {} devices x {} changes (80% sales of 4 rows, 20% price writes), batches of {}\n\n",
-        cfg.devices, cfg.per_device, BATCH_LEN
+        "### 5. Hub ingest on PostgreSQL: {} devices of {} tenant(s) x {} changes (80% sales of 4 rows, 20% price writes), batches of {}\n\n",
+        cfg.devices, cfg.tenants, cfg.per_device, BATCH_LEN
     );
     s += "| hub processes | changes | hub changes/s | push p50 ms | push p99 ms | push max ms | hub CPU us/change | COPY of the same rows, changes/s (rows) | hub / COPY | errors | load avg after |\n";
     s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
