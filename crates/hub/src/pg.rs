@@ -222,6 +222,14 @@ impl LaneLog for MemLaneLog {
     }
 }
 
+/// A pushed change made ready before the tenant lock is taken: the log rows
+/// of its scopes as JSON, or why it goes to quarantine. Whether it is stored
+/// at all (new, duplicate, gap, reused sequence) is decided under the lock.
+enum Prepared {
+    Apply { parts: Vec<(Option<Uuid>, String)>, max_hlc: u64 },
+    Quarantine { reason: String },
+}
+
 /// Rows a transaction adds to the log, written with one statement.
 #[derive(Default)]
 struct LogRows {
@@ -244,7 +252,11 @@ impl LogRows {
         seq: u64,
         ops: &[WireOp],
     ) -> Result<(), HubError> {
-        let json = serde_json::to_string(ops)?;
+        self.push_json(pos, store, device, lane, seq, serde_json::to_string(ops)?);
+        Ok(())
+    }
+
+    fn push_json(&mut self, pos: u64, store: Option<Uuid>, device: Uuid, lane: Lane, seq: u64, json: String) {
         self.pos.push(pos as i64);
         self.store.push(store);
         self.device.push(device);
@@ -252,7 +264,6 @@ impl LogRows {
         self.seq.push(seq as i64);
         self.bytes.push(json.len() as i64);
         self.ops.push(json);
-        Ok(())
     }
 
     fn write(&self, tx: &mut impl GenericClient, tenant: Uuid, now_ms: u64) -> Result<(), HubError> {
@@ -592,6 +603,37 @@ impl PgHub {
             .ok_or_else(|| HubError::NotFound(format!("store {store} of this tenant")))
     }
 
+    /// Decodes, validates and serialises one pushed change (see [`Prepared`]).
+    fn prepare(
+        &self,
+        dev: &DeviceAuth,
+        wc: &tillsync_core::wire::WireChange,
+        relayed: &HashMap<Uuid, Uuid>,
+    ) -> Result<Prepared, HubError> {
+        let change = match wc.to_change(dev.device_id) {
+            Ok(c) => c,
+            Err(e) => return Ok(Prepared::Quarantine { reason: e.to_string() }),
+        };
+        if let Err(reason) = validate(&self.schema, dev, &change.ops, relayed) {
+            return Ok(Prepared::Quarantine { reason });
+        }
+        let mut parts = vec![];
+        for (store_id, part) in split_scope(&self.schema, &change.ops, &wc.ops) {
+            parts.push((store_id, serde_json::to_string(&part)?));
+        }
+        // The hub's clock observes what it applies, as the SQLite hub's store does.
+        let max_hlc = change
+            .ops
+            .iter()
+            .map(|op| match op {
+                Op::Write(w) => w.id.hlc.0,
+                Op::Insert(r) => r.hlc.0,
+            })
+            .max()
+            .unwrap_or(0);
+        Ok(Prepared::Apply { parts, max_hlc })
+    }
+
     fn push_inner(
         &self,
         dev: &DeviceAuth,
@@ -613,9 +655,14 @@ impl PgHub {
                 relayed.insert(r.get(0), r.get(1));
             }
         }
-        let mut by_lane: BTreeMap<Lane, Vec<&tillsync_core::wire::WireChange>> = BTreeMap::new();
-        for ch in &req.changes {
-            by_lane.entry(ch.lane).or_default().push(ch);
+        // Decoding, validation and serialisation need no lock: done here,
+        // so the tenant lock (which serialises the tenant's pushes) is held
+        // only for the sequence decisions and the writes.
+        let prepared: Vec<Prepared> =
+            req.changes.iter().map(|wc| self.prepare(dev, wc, &relayed)).collect::<Result<_, HubError>>()?;
+        let mut by_lane: BTreeMap<Lane, Vec<(&tillsync_core::wire::WireChange, &Prepared)>> = BTreeMap::new();
+        for (ch, p) in req.changes.iter().zip(&prepared) {
+            by_lane.entry(ch.lane).or_default().push((ch, p));
         }
         let hub_device = SqliteHub::hub_device(tenant);
         let mut tx = c.transaction()?;
@@ -637,11 +684,12 @@ impl PgHub {
         let mut lanes = BTreeMap::new();
         let mut forked = false;
         for (lane, mut changes) in by_lane {
-            changes.sort_by_key(|ch| ch.seq);
+            changes.sort_by_key(|(ch, _)| ch.seq);
             let mut log = MemLaneLog { next: next.get(&lane).copied().unwrap_or(1), digests: HashMap::new() };
             // Digests of sequences already stored that this push names
             // again (a retry, or a cloned till).
-            let again: Vec<i64> = changes.iter().filter(|ch| ch.seq < log.next).map(|ch| ch.seq as i64).collect();
+            let again: Vec<i64> =
+                changes.iter().filter(|(ch, _)| ch.seq < log.next).map(|(ch, _)| ch.seq as i64).collect();
             if !again.is_empty() {
                 for r in tx.query(
                     "SELECT seq, digest FROM hub_seqs WHERE tenant_id = $1 AND device = $2 AND lane = $3 AND seq = ANY($4)",
@@ -653,7 +701,7 @@ impl PgHub {
             let mut ack = LaneAck::default();
             let mut refused_at: Option<u64> = None;
             let quota_lane = matches!(lane, Lane::Catalog | Lane::Telemetry);
-            for wc in changes {
+            for (wc, prepared) in changes {
                 match decide_push(&log, wc.seq, &wc.digest) {
                     PushDecision::Duplicate => {}
                     PushDecision::Refuse(e) => {
@@ -692,34 +740,22 @@ impl PgHub {
                         seqs.2.push(wc.digest.clone());
                         log.next = wc.seq + 1;
                         log.digests.insert(wc.seq, wc.digest.clone());
-                        let change = wc.to_change(dev.device_id);
-                        let verdict = match &change {
-                            Ok(ch) => validate(&self.schema, dev, &ch.ops, &relayed),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        match verdict {
-                            Ok(()) => {
-                                let change = change.expect("validated");
-                                for (store_id, part) in split_scope(&self.schema, &change.ops, &wc.ops) {
+                        match prepared {
+                            Prepared::Apply { parts, max_hlc } => {
+                                for (store_id, json) in parts {
                                     pos += 1;
-                                    rows.push(pos, store_id, dev.device_id, lane, wc.seq, &part)?;
-                                    notices.push(Notice { tenant_id: tenant, store_id, pos });
+                                    rows.push_json(pos, *store_id, dev.device_id, lane, wc.seq, json.clone());
+                                    notices.push(Notice { tenant_id: tenant, store_id: *store_id, pos });
                                 }
-                                // The hub's clock observes what it applies, as the SQLite hub's store does.
-                                for op in &change.ops {
-                                    hlc = hlc.max(match op {
-                                        Op::Write(w) => w.id.hlc.0,
-                                        Op::Insert(r) => r.hlc.0,
-                                    });
-                                }
+                                hlc = hlc.max(*max_hlc);
                             }
-                            Err(reason) => {
+                            Prepared::Quarantine { reason } => {
                                 // Acknowledged and kept, never applied: visible on the hub and the till.
                                 quarantine.0.push(lane.as_str().to_string());
                                 quarantine.1.push(wc.seq as i64);
                                 quarantine.2.push(reason.clone());
                                 quarantine.3.push(serde_json::to_string(&wc.ops)?);
-                                ack.quarantined.push(QuarantineAck { seq: wc.seq, reason });
+                                ack.quarantined.push(QuarantineAck { seq: wc.seq, reason: reason.clone() });
                             }
                         }
                     }
