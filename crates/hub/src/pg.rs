@@ -192,13 +192,17 @@ impl std::fmt::Debug for PgHub {
 }
 
 /// Runs blocking database work. The sync client drives each connection with
-/// a runtime of its own, which tokio forbids on an async worker thread: there
-/// it goes through `block_in_place`. The HTTP layer already calls from the
-/// blocking pool, where this is a plain call.
-fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
-        _ => f(),
+/// a runtime of its own, which tokio forbids on a thread that drives async
+/// tasks: on a multi-threaded runtime's worker it goes through
+/// `block_in_place`, inside a current-thread runtime on a scoped thread of
+/// its own. The HTTP layer already calls from the blocking pool, where this
+/// is a plain call.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| s.spawn(f).join().unwrap_or_else(|p| std::panic::resume_unwind(p))),
+        Err(_) => f(),
     }
 }
 

@@ -541,3 +541,16 @@ fn processes_starting_at_once_migrate_once() {
     });
     assert!(versions.iter().all(|v| *v == versions[0] && *v >= 1), "versions {versions:?}");
 }
+
+/// The sync client cannot run on a thread that drives async tasks: the hub
+/// moves its calls off it, on a current-thread runtime too (opening, calls,
+/// and dropping the pool).
+#[tokio::test(flavor = "current_thread")]
+async fn the_hub_works_from_a_current_thread_runtime() {
+    let db = TestDatabase::create();
+    let hub = process(&db, 16);
+    let s = shop(&hub, true);
+    let e = enrol(&hub, s.tenant, s.store, "till");
+    assert!(!hub.snapshot(&auth(&e)).unwrap().ops.is_empty());
+    drop(hub);
+}
