@@ -8,6 +8,10 @@
 //!
 //! Every response with an error status that passes through [`call`] is
 //! checked to be the hub's JSON error body with no internal detail.
+//!
+//! Every test runs on both backends (`sqlite::NAME` and `pg::NAME`, see
+//! `on_every_backend!` at the end): the PostgreSQL ones on a fresh database
+//! of the server named by `TILLSYNC_TEST_PG`, failing if it is unreachable.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
