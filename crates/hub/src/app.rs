@@ -95,7 +95,12 @@ pub struct AppState {
 impl AppState {
     /// State over a storage backend.
     pub fn new(storage: Arc<dyn HubStorage>) -> Self {
-        AppState { storage, events: Arc::new(Events::default()), metrics: Arc::new(Metrics::default()), backups: None }
+        let events = Arc::new(Events::default());
+        // Pushes through other hub processes reach this process's event
+        // streams too (a no-op for a single-process backend).
+        let sink = events.clone();
+        storage.watch_external(Arc::new(move |n| sink.publish(&[n])));
+        AppState { storage, events, metrics: Arc::new(Metrics::default()), backups: None }
     }
 
     /// Keeps tills' backups in this folder.

@@ -32,6 +32,9 @@ pub enum HubError {
     MethodNotAllowed,
     #[error("the hub is busy, try again")]
     Busy,
+    /// The hub's database cannot be reached (detail logged, never sent).
+    #[error("the hub's database is unavailable, try again shortly")]
+    Unavailable(String),
     /// Internal detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -52,6 +55,7 @@ impl HubError {
             HubError::TooLarge => "too_large",
             HubError::MethodNotAllowed => "method_not_allowed",
             HubError::Busy => "busy",
+            HubError::Unavailable(_) => "unavailable",
             HubError::Internal(_) => "internal",
         }
     }
@@ -65,7 +69,7 @@ impl HubError {
             HubError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
             HubError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            HubError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::Busy | HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HubError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,10 +109,36 @@ impl From<serde_json::Error> for HubError {
     }
 }
 
+impl From<postgres::Error> for HubError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        match e.code() {
+            // Two transactions collided: the client retries, as for SQLite's busy.
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => {
+                HubError::Busy
+            }
+            Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE || *c == SqlState::QUERY_CANCELED => HubError::Busy,
+            Some(_) => HubError::Internal(e.to_string()),
+            // No SQL state: the connection failed or closed.
+            None => HubError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<r2d2::Error> for HubError {
+    /// The pool gave no connection within its acquire timeout: the
+    /// database is down or every connection is busy.
+    fn from(e: r2d2::Error) -> Self {
+        HubError::Unavailable(e.to_string())
+    }
+}
+
 impl IntoResponse for HubError {
     fn into_response(self) -> Response {
-        if let HubError::Internal(detail) = &self {
-            tracing::error!(detail = detail.as_str(), "internal error");
+        match &self {
+            HubError::Internal(detail) => tracing::error!(detail = detail.as_str(), "internal error"),
+            HubError::Unavailable(detail) => tracing::error!(detail = detail.as_str(), "database unavailable"),
+            _ => {}
         }
         (self.status(), axum::Json(self.body())).into_response()
     }

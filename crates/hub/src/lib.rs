@@ -1,17 +1,19 @@
 //! The Tillsync hub: tenants own stores, stores own devices. Devices enrol
 //! with one-time codes, push changes per lane (idempotent, durable before
 //! acknowledged), pull deltas by cursor, bootstrap from snapshots and hear
-//! live events. Storage sits behind [`storage::HubStorage`]; SQLite is the
-//! default backend.
+//! live events. Storage sits behind [`storage::HubStorage`]: SQLite (one
+//! process, the default) or PostgreSQL (many stateless processes).
 
 pub mod app;
 pub mod backups;
 pub mod error;
+pub mod pg;
 pub mod sqlite;
 pub mod storage;
 
 pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metrics_router};
 pub use backups::{BackupFiles, BackupObject};
 pub use error::HubError;
+pub use pg::{PgHub, PgOptions};
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

@@ -64,7 +64,7 @@ pub const PULL_LEN_MAX: usize = 1_000;
 /// Most changes in one push.
 pub const PUSH_LEN_MAX: usize = 1_000;
 
-fn sha(s: &str) -> String {
+pub(crate) fn sha(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -142,7 +142,7 @@ impl SqliteHub {
         self.ids.lock().expect("ids").new_v7(now_ms)
     }
 
-    fn hub_device(tenant: Uuid) -> Uuid {
+    pub(crate) fn hub_device(tenant: Uuid) -> Uuid {
         derived_id(tenant, "hub", "device")
     }
 
@@ -317,7 +317,7 @@ impl SqliteHub {
 
 /// Splits a change's operations by scope: tenant-wide operations (record
 /// writes, tenant ledgers) and one part per store for store ledgers.
-fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
+pub(crate) fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
     let mut parts: BTreeMap<Option<Uuid>, Vec<WireOp>> = BTreeMap::new();
     for (op, w) in ops.iter().zip(wire) {
         let scope = match op {
@@ -395,11 +395,10 @@ fn chain_at(conn: &Connection, pos: u64) -> Result<Option<String>, HubError> {
 }
 
 /// Why a pushed change cannot be applied (it is quarantined instead).
-/// Why a pushed change cannot be applied (it is quarantined instead).
 /// `relayed` gives the store of each other device of the tenant named as an
 /// origin: a till may relay another till's changes (imported pending
 /// changes, a restored till), unchanged, within its own store.
-fn validate(
+pub(crate) fn validate(
     schema: &Schema,
     dev: &DeviceAuth,
     ops: &[Op],
@@ -427,6 +426,31 @@ fn validate(
         }
     }
     Ok(())
+}
+
+/// Devices other than the caller named as origins in a push (at most
+/// 1,000 are looked up: a till relays its own store's few devices).
+pub(crate) fn other_origins(dev: &DeviceAuth, req: &PushRequest) -> Vec<Uuid> {
+    let mut others: std::collections::BTreeSet<Uuid> = std::collections::BTreeSet::new();
+    for c in &req.changes {
+        for op in &c.ops {
+            match op {
+                WireOp::Insert { device, .. } if *device != dev.device_id => {
+                    others.insert(*device);
+                }
+                WireOp::Write { id, .. } => {
+                    if let Some((_, d)) = id.split_once('-')
+                        && let Ok(u) = Uuid::try_parse(d)
+                        && u != dev.device_id
+                    {
+                        others.insert(u);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    others.into_iter().take(1_000).collect()
 }
 
 impl HubStorage for SqliteHub {
@@ -645,36 +669,17 @@ impl HubStorage for SqliteHub {
         // Other devices named as origins, looked up before the tenant lock.
         let mut relayed: std::collections::HashMap<Uuid, Uuid> = std::collections::HashMap::new();
         {
-            let mut others: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
-            for c in &req.changes {
-                for op in &c.ops {
-                    match op {
-                        WireOp::Insert { device, .. } if *device != dev.device_id => {
-                            others.insert(device.to_string());
-                        }
-                        WireOp::Write { id, .. } => {
-                            if let Some((_, d)) = id.split_once('-')
-                                && let Ok(u) = Uuid::try_parse(d)
-                                && u != dev.device_id
-                            {
-                                others.insert(u.to_string());
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
+            let others = other_origins(dev, req);
             if !others.is_empty() {
                 let c = self.control.lock().expect("control");
                 let mut st = c.prepare_cached("SELECT tenant, store FROM devices WHERE id = ?1")?;
-                for o in others.iter().take(1_000) {
-                    let Ok(id) = Uuid::parse_str(o) else { continue };
+                for o in &others {
                     let row: Option<(String, String)> =
-                        st.query_row(params![o], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+                        st.query_row(params![o.to_string()], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
                     match row {
                         Some((tenant, store)) if tenant == dev.tenant_id.to_string() => {
                             if let Ok(s) = Uuid::parse_str(&store) {
-                                relayed.insert(id, s);
+                                relayed.insert(*o, s);
                             }
                         }
                         // Another tenant's device: never a valid origin.
@@ -685,7 +690,7 @@ impl HubStorage for SqliteHub {
                         // as that store's. Claiming it gains nothing a till
                         // could not do under its own id.
                         None => {
-                            relayed.insert(id, dev.store_id);
+                            relayed.insert(*o, dev.store_id);
                         }
                     }
                 }
@@ -942,6 +947,10 @@ impl HubStorage for SqliteHub {
             return Err(HubError::NotFound(format!("device {device}")));
         }
         Ok(())
+    }
+
+    fn compact(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError> {
+        SqliteHub::compact(self, tenant, keep_len)
     }
 
     fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {

@@ -1,8 +1,9 @@
-//! The storage trait every hub backend implements (SQLite now, PostgreSQL
-//! next). Methods are blocking; the HTTP layer calls them off the async
-//! threads. Tenant and store always come from the authenticated caller.
+//! The storage trait every hub backend implements (SQLite, PostgreSQL).
+//! Methods are blocking; the HTTP layer calls them off the async threads.
+//! Tenant and store always come from the authenticated caller.
 
 use crate::HubError;
+use std::sync::Arc;
 use tillsync_core::wire::{DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, Snapshot, Usage};
 use uuid::Uuid;
 
@@ -77,4 +78,14 @@ pub trait HubStorage: Send + Sync + 'static {
     fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError>;
     /// The hub's state digest of one store (tenant records + that store's ledgers).
     fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError>;
+    /// Compacts a tenant's log, keeping the newest `keep_len` entries; heads
+    /// and tombstones are kept, so a device behind the new horizon bootstraps
+    /// again and loses nothing. Returns the horizon.
+    fn compact(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError>;
+    /// Starts handing `sink` the notices of entries committed by other hub
+    /// processes sharing this backend (PostgreSQL: LISTEN/NOTIFY), from a
+    /// background thread, until the backend is dropped. Notices of this
+    /// process's own pushes are returned by `push` as before, never twice.
+    /// A backend served by one process (SQLite) has none: the default.
+    fn watch_external(&self, _sink: Arc<dyn Fn(Notice) + Send + Sync>) {}
 }

@@ -8,6 +8,10 @@
 //!
 //! Every response with an error status that passes through [`call`] is
 //! checked to be the hub's JSON error body with no internal detail.
+//!
+//! Every test runs on both backends (`sqlite::NAME` and `pg::NAME`, see
+//! `on_every_backend!` at the end): the PostgreSQL ones on a fresh database
+//! of the server named by `TILLSYNC_TEST_PG`, failing if it is unreachable.
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -25,8 +29,10 @@ use tillsync_core::wire::{
 };
 use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
 use tillsync_hub::app::HEALTH_BODY;
+use tillsync_hub::pg::testing::TestDatabase;
 use tillsync_hub::{
-    Access, AppState, BackupFiles, BackupObject, Caller, DeviceAuth, HubStorage, RouteInfo, SqliteHub, app_with_routes,
+    Access, AppState, BackupFiles, BackupObject, Caller, DeviceAuth, HubStorage, PgHub, PgOptions, RouteInfo,
+    SqliteHub, app_with_routes,
 };
 use tillsync_store::sample::PRODUCTS;
 use tillsync_store::{Identity, SaleRequest, Store};
@@ -108,6 +114,10 @@ impl Resp {
 /// Words that must never reach a client in an error body.
 const INTERNAL_DETAIL: &[&str] = &[
     "sqlite",
+    "postgres",
+    "sqlstate",
+    "duplicate key",
+    "violates",
     "panicked",
     "panic",
     "thread '",
@@ -455,7 +465,7 @@ async fn snapshot_of(router: &Router, token: &str) -> Seen {
 /// The hub's own view of a (tenant, store): everything a device of that
 /// store could ever pull or bootstrap, read from storage with a device id
 /// that excludes nothing. Used to prove a forged row was applied nowhere.
-fn hub_view(hub: &SqliteHub, tenant: Uuid, store: Uuid) -> String {
+fn hub_view(hub: &dyn HubStorage, tenant: Uuid, store: Uuid) -> String {
     let dev = DeviceAuth { device_id: Uuid::nil(), tenant_id: tenant, store_id: store };
     let mut text = serde_json::to_string(&hub.snapshot(&dev).unwrap()).unwrap();
     let mut after = 0;
@@ -474,10 +484,10 @@ fn hub_view(hub: &SqliteHub, tenant: Uuid, store: Uuid) -> String {
 // ---------------------------------------------------------------------------
 
 struct World {
-    _dir: tempfile::TempDir,
-    hub: Arc<SqliteHub>,
+    hub: Arc<dyn HubStorage>,
     /// The hub's backup folder; a1 and b1 each keep `m.tsb` there.
     files: BackupFiles,
+    _files_dir: tempfile::TempDir,
     router: Router,
     routes: Vec<RouteInfo>,
     ta: Uuid,
@@ -495,18 +505,51 @@ struct World {
     /// Sale ids by the device that made them, with the store.
     sales: Vec<(&'static str, Uuid, Uuid)>,
     seed: u64,
+    /// The hub's folder or database, dropped after the hub (field order).
+    _backing: Backing,
 }
 
-fn enrol(hub: &SqliteHub, tenant: Uuid, store: Uuid, name: &str) -> Enrolment {
+/// The storage backends every test here runs on.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Pg,
+}
+
+/// What holds a hub's data for one test.
+enum Backing {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Db(#[allow(dead_code)] TestDatabase),
+}
+
+/// A fresh, empty hub on `backend`: a temporary folder, or a database of
+/// its own on the test server (so tests run in parallel).
+fn open_hub(backend: Backend, seed: u64) -> (Arc<dyn HubStorage>, Backing) {
+    match backend {
+        Backend::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let hub = Arc::new(SqliteHub::open(dir.path(), IdGen::from_u64(seed)).unwrap());
+            (hub, Backing::Dir(dir))
+        }
+        Backend::Pg => {
+            let db = TestDatabase::create();
+            let options = PgOptions { pool_len_max: 4, ..PgOptions::default() };
+            let hub = Arc::new(PgHub::open(&db.url, &options, IdGen::from_u64(seed)).unwrap());
+            (hub, Backing::Db(db))
+        }
+    }
+}
+
+fn enrol(hub: &dyn HubStorage, tenant: Uuid, store: Uuid, name: &str) -> Enrolment {
     let (code, _) = hub.create_enrol_code(tenant, store, now(), 600_000).unwrap();
     hub.enrol(&code, name, now()).unwrap()
 }
 
 impl World {
-    async fn new(seed: u64) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let hub = Arc::new(SqliteHub::open(dir.path(), IdGen::from_u64(seed)).unwrap());
-        let files = BackupFiles::new(&dir.path().join("backups"));
+    async fn new(backend: Backend, seed: u64) -> World {
+        let (hub, backing) = open_hub(backend, seed);
+        let files_dir = tempfile::tempdir().unwrap();
+        let files = BackupFiles::new(files_dir.path());
         let (router, routes) = app_with_routes(AppState::new(hub.clone()).with_backups(files.clone()));
         let t = now();
         // Both tenants get the sample catalogue, so every negative check
@@ -517,14 +560,14 @@ impl World {
         let (tb, admin_b) = hub.create_tenant("Tenant B", true, t).unwrap();
         let s_b1 = hub.create_store(tb, "B1", t).unwrap();
 
-        let revoked = enrol(&hub, ta, s_a1, "a1-revoked");
+        let revoked = enrol(&*hub, ta, s_a1, "a1-revoked");
         hub.revoke(ta, revoked.device_id).unwrap();
 
         let mut devs = vec![];
         for (i, (name, tenant, store)) in
             [("a1", ta, s_a1), ("a1b", ta, s_a1), ("a2", ta, s_a2), ("b1", tb, s_b1)].into_iter().enumerate()
         {
-            let e = enrol(&hub, tenant, store, name);
+            let e = enrol(&*hub, tenant, store, name);
             let node = bootstrap(&router, &e, name, seed * 100 + i as u64).await;
             devs.push(Dev { name, e, node });
         }
@@ -533,9 +576,9 @@ impl World {
             files.put(tenant, dev.e.device_id, "m.tsb", Body::from(backup_bytes(&dev.e))).await.unwrap();
         }
         let mut w = World {
-            _dir: dir,
             hub,
             files,
+            _files_dir: files_dir,
             router,
             routes,
             ta,
@@ -552,6 +595,7 @@ impl World {
             revoked,
             sales: vec![],
             seed,
+            _backing: backing,
         };
         for (name, sku) in [("a1", "ESPRESSO"), ("a1b", "LATTE"), ("a2", "CROISSANT"), ("b1", "MUG")] {
             w.sell_and_push(name, sku).await;
@@ -842,7 +886,7 @@ impl World {
                 let target = match who {
                     // A device enrolled for this cell, so the positive
                     // control does not disturb the rest of the matrix.
-                    Who::Own => enrol(&self.hub, self.ta, self.s_a1, "a1-to-revoke"),
+                    Who::Own => enrol(&*self.hub, self.ta, self.s_a1, "a1-to-revoke"),
                     Who::OwnForeignTarget => self.b1.e.clone(),
                     _ => self.a1.e.clone(),
                 };
@@ -1164,7 +1208,7 @@ impl World {
                 [(self.ta, self.s_a1), (self.ta, self.s_a2), (self.tb, self.s_b1), (self.tb, self.s_a1)]
             {
                 assert!(
-                    !hub_view(&self.hub, tenant, store).contains(&row.to_string()),
+                    !hub_view(&*self.hub, tenant, store).contains(&row.to_string()),
                     "{}: forged row {row} is visible in tenant {tenant} store {store}",
                     r.what
                 );
@@ -1184,10 +1228,9 @@ impl World {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_route_times_every_caller() {
+async fn every_route_times_every_caller(backend: Backend) {
     let started = Instant::now();
-    let mut w = World::new(11).await;
+    let mut w = World::new(backend, 11).await;
     let routes = w.routes.clone();
     assert!(!routes.is_empty(), "the router lists no routes");
     let keys: BTreeSet<(String, &str)> = routes.iter().map(|r| (r.method.to_string(), r.path)).collect();
@@ -1230,9 +1273,8 @@ async fn every_route_times_every_caller() {
 // Content: what each device pulls and bootstraps
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pull_and_snapshot_hold_only_the_callers_scope() {
-    let mut w = World::new(23).await;
+async fn pull_and_snapshot_hold_only_the_callers_scope(backend: Backend) {
+    let mut w = World::new(backend, 23).await;
     // A second sale in A1 and A2, so each store has rows from two devices.
     w.sell_and_push("a1b", "MUFFIN-BB").await;
     w.sell_and_push("a2", "COOKIE").await;
@@ -1274,9 +1316,8 @@ async fn pull_and_snapshot_hold_only_the_callers_scope() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn forged_rows_are_quarantined_and_never_seen() {
-    let mut w = World::new(37).await;
+async fn forged_rows_are_quarantined_and_never_seen(backend: Backend) {
+    let mut w = World::new(backend, 37).await;
     let quarantined_before = w.hub.usage(w.ta).unwrap().quarantined;
 
     // a1 (store A1) pushes a stock row naming store A2, then one naming
@@ -1310,7 +1351,7 @@ async fn forged_rows_are_quarantined_and_never_seen() {
         }
     }
     for (tenant, store) in [(w.ta, w.s_a1), (w.ta, w.s_a2), (w.tb, w.s_b1)] {
-        let view = hub_view(&w.hub, tenant, store);
+        let view = hub_view(&*w.hub, tenant, store);
         assert!(!view.contains(&into_a2.to_string()) && !view.contains(&into_b1.to_string()));
     }
     // A write on tenant B's product id stays in tenant A (ids are only
@@ -1333,7 +1374,7 @@ async fn forged_rows_are_quarantined_and_never_seen() {
     let resp: PushResponse = r.typed();
     assert_eq!(resp.lanes[&Lane::Stock].quarantined.len(), 1, "{:?}", resp.lanes);
     for (tenant, store) in [(w.ta, w.s_a1), (w.tb, w.s_b1), (w.tb, w.s_a1)] {
-        assert!(!hub_view(&w.hub, tenant, store).contains(&cloned_row.to_string()));
+        assert!(!hub_view(&*w.hub, tenant, store).contains(&cloned_row.to_string()));
     }
 
     // a1b (same store as a1) relaying a1's changes unchanged, as a till does
@@ -1354,10 +1395,10 @@ async fn forged_rows_are_quarantined_and_never_seen() {
         assert!(ack.error.is_none(), "{}: {ack:?}", c.lane);
         assert!(ack.quarantined.is_empty(), "{}: a same-store relay is applied: {ack:?}", c.lane);
     }
-    let a1_view = hub_view(&w.hub, w.ta, w.s_a1);
+    let a1_view = hub_view(&*w.hub, w.ta, w.s_a1);
     assert!(a1_view.contains(&relayed_row.to_string()), "the relayed row is in store A1");
-    assert!(!hub_view(&w.hub, w.ta, w.s_a2).contains(&relayed_row.to_string()), "and only there");
-    assert!(!hub_view(&w.hub, w.tb, w.s_b1).contains("RELAYED-FROM-A1"), "never in tenant B");
+    assert!(!hub_view(&*w.hub, w.ta, w.s_a2).contains(&relayed_row.to_string()), "and only there");
+    assert!(!hub_view(&*w.hub, w.tb, w.s_b1).contains("RELAYED-FROM-A1"), "never in tenant B");
     // A device of another store may not relay store A1's rows.
     let mut clone = Store::in_memory(identity(&w.a1.e, "clone3"), Schema::standard(), IdGen::from_u64(2_999)).unwrap();
     let other_row = stock_row(&mut clone, None, "FROM-A2");
@@ -1367,7 +1408,7 @@ async fn forged_rows_are_quarantined_and_never_seen() {
     let resp: PushResponse = r.typed();
     assert_eq!(resp.lanes[&Lane::Stock].quarantined.len(), 1, "{:?}", resp.lanes);
     for (tenant, store) in [(w.ta, w.s_a1), (w.ta, w.s_a2)] {
-        assert!(!hub_view(&w.hub, tenant, store).contains(&other_row.to_string()), "a cross-store relay was applied");
+        assert!(!hub_view(&*w.hub, tenant, store).contains(&other_row.to_string()), "a cross-store relay was applied");
     }
 }
 
@@ -1375,10 +1416,9 @@ async fn forged_rows_are_quarantined_and_never_seen() {
 // Live events
 // ---------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn events_reach_only_the_store_and_tenant_of_the_change() {
-    let mut w = World::new(41).await;
-    let doomed = enrol(&w.hub, w.ta, w.s_a1, "a1-doomed");
+async fn events_reach_only_the_store_and_tenant_of_the_change(backend: Backend) {
+    let mut w = World::new(backend, 41).await;
+    let doomed = enrol(&*w.hub, w.ta, w.s_a1, "a1-doomed");
     let mut ev_a1b = open_events(&w.router, w.a1b.token()).await;
     let mut ev_a2 = open_events(&w.router, w.a2.token()).await;
     let mut ev_b1 = open_events(&w.router, w.b1.token()).await;
@@ -1460,9 +1500,8 @@ fn noise(len: usize) -> Vec<u8> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zstd_pushes_are_accepted() {
-    let mut w = World::new(53).await;
+async fn zstd_pushes_are_accepted(backend: Backend) {
+    let mut w = World::new(backend, 53).await;
     let sale = sell(&mut w.a2.node, "BROWNIE");
     let req = pending_request(&w.a2.node);
     let compressed = zstd::bulk::compress(&serde_json::to_vec(&req).unwrap(), 3).unwrap();
@@ -1488,9 +1527,8 @@ async fn zstd_pushes_are_accepted() {
     r.expect(413, "too_large");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_bodies_are_json_errors() {
-    let w = World::new(67).await;
+async fn bad_bodies_are_json_errors(backend: Backend) {
+    let w = World::new(backend, 67).await;
     let token = w.a1.token();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("garbage", b"this is not json".to_vec()),
@@ -1535,9 +1573,8 @@ async fn bad_bodies_are_json_errors() {
 
 /// Product bug (see the report): an uncompressed body over `BODY_LEN_MAX`
 /// is read whole (up to `BODY_DECODED_LEN_MAX`) and processed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_body_over_the_limit_is_413() {
-    let w = World::new(71).await;
+async fn a_body_over_the_limit_is_413(backend: Backend) {
+    let w = World::new(backend, 71).await;
     // 20 MiB of well-formed JSON (unknown fields are ignored), so only the
     // size can refuse it.
     let pad = "x".repeat(20 << 20);
@@ -1560,9 +1597,8 @@ async fn a_body_over_the_limit_is_413() {
 
 /// Product bug (see the report): some errors produced by axum's own
 /// extractors and router are plain text or empty, not the hub's JSON body.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn malformed_queries_and_wrong_methods_are_json_errors() {
-    let w = World::new(79).await;
+async fn malformed_queries_and_wrong_methods_are_json_errors(backend: Backend) {
+    let w = World::new(backend, 79).await;
     let mut problems = vec![];
     for q in ["after=abc", "after=-1", "limit=lots", "after=99999999999999999999999"] {
         let r = call_raw(&w.router, request(&Method::GET, &format!("/v1/pull?{q}"), Some(&bearer(w.a1.token())), None))
@@ -1599,9 +1635,8 @@ async fn malformed_queries_and_wrong_methods_are_json_errors() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn enrolment_codes_are_single_use_and_expire() {
-    let w = World::new(83).await;
+async fn enrolment_codes_are_single_use_and_expire(backend: Backend) {
+    let w = World::new(backend, 83).await;
     // Unknown code.
     let r = post_json(&w.router, "/v1/enrol", None, &json!({"code": "AAAA-BBBB-CCCC", "name": "t"})).await;
     r.expect(400, "bad_code");
@@ -1638,3 +1673,42 @@ async fn enrolment_codes_are_single_use_and_expire() {
 fn backup_bytes(e: &Enrolment) -> Vec<u8> {
     format!("backup of {}", e.device_id).into_bytes().repeat(50)
 }
+
+// ---------------------------------------------------------------------------
+// The matrix: every test above on every backend
+// ---------------------------------------------------------------------------
+
+/// Runs each named test on SQLite (`sqlite::NAME`) and on PostgreSQL
+/// (`pg::NAME`, a fresh database each; fails if the server is unreachable).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(super::Backend::Pg).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    every_route_times_every_caller,
+    pull_and_snapshot_hold_only_the_callers_scope,
+    forged_rows_are_quarantined_and_never_seen,
+    events_reach_only_the_store_and_tenant_of_the_change,
+    zstd_pushes_are_accepted,
+    bad_bodies_are_json_errors,
+    a_body_over_the_limit_is_413,
+    malformed_queries_and_wrong_methods_are_json_errors,
+    enrolment_codes_are_single_use_and_expire,
+);

@@ -23,6 +23,13 @@
 //!    through a byte-counting loopback proxy. Baseline: `VACUUM INTO` of the
 //!    hub's tenant database plus zstd (level 3) of the file.
 //!
+//! 5. `pg-ingest` (issue 5, only with `--pg URL`): the ingest workload of 1
+//!    against `PgHub` on a fresh database of that server, with 1 and then 2
+//!    hub processes on the database (`--hub-procs 1,2`), devices split across
+//!    them round robin. Baseline, in the same run: the same rows as in 1,
+//!    loaded with `psql -c '\copy ...'` (one COPY) into a table of the same
+//!    shape on the same server.
+//!
 //! The hub is this same binary re-executed with `--hub-child DIR` (the same
 //! router and `SqliteHub` as `till hub serve`), so its memory is read from
 //! `/proc/PID/status` (VmHWM) apart from the clients'. Set
@@ -42,6 +49,12 @@
 //! * `--boot-reps N`, `TILLSYNC_SYNC_BOOT_REPS`: bootstrap repetitions (1; quick 2);
 //! * `--only LIST`, `TILLSYNC_SYNC_ONLY`: comma list of ingest, propagation,
 //!   pull, bootstrap;
+//! * `--pg URL`, `TILLSYNC_SYNC_PG`: a PostgreSQL server (e.g.
+//!   postgres://postgres@127.0.0.1:5432/postgres) for `pg-ingest`;
+//! * `--hub-procs LIST`, `TILLSYNC_SYNC_HUB_PROCS`: hub processes per
+//!   `pg-ingest` run (1,2);
+//! * `--tenants N`, `TILLSYNC_SYNC_TENANTS`: tenants the `pg-ingest` devices
+//!   are dealt to, round robin (1: the workload of 1);
 //! * `--dir PATH`, `TILLSYNC_SYNC_DIR`: where the databases go (default the
 //!   system temp folder; it must be a real disk for fsync to count).
 //!
@@ -60,7 +73,8 @@ use tillsync_core::change::LedgerRow;
 use tillsync_core::domain::{Method, PaymentInput};
 use tillsync_core::wire::{PushRequest, WireChange};
 use tillsync_core::{Change, HlcClock, IdGen, Lane, Op, Schema, Write, WriteId, derived_id};
-use tillsync_hub::{AppState, DeviceAuth, HubStorage, SqliteHub, app};
+use tillsync_hub::pg::testing::TestDatabase;
+use tillsync_hub::{AppState, DeviceAuth, HubStorage, PgHub, PgOptions, SqliteHub, app};
 use tillsync_node::config::Config as NodeConfig;
 use tillsync_node::run::run;
 use tillsync_node::sync::{client_for, load_token, save_token};
@@ -97,10 +111,16 @@ struct Config {
     dir: PathBuf,
     only: Vec<String>,
     hub_bin: Option<PathBuf>,
+    pg: Option<String>,
+    hub_procs: Vec<usize>,
+    tenants: usize,
 }
 
 impl Config {
     fn wants(&self, w: &str) -> bool {
+        if w == "pg-ingest" {
+            return self.pg.is_some() && (self.only.is_empty() || self.only.iter().any(|o| o == w));
+        }
         self.only.is_empty() || self.only.iter().any(|o| o == w)
     }
 }
@@ -148,6 +168,11 @@ fn config() -> Config {
             .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
             .unwrap_or_default(),
         hub_bin: env("TILLSYNC_SYNC_HUB_BIN").map(PathBuf::from),
+        pg: get("--pg", "TILLSYNC_SYNC_PG"),
+        hub_procs: get("--hub-procs", "TILLSYNC_SYNC_HUB_PROCS")
+            .map(|v| v.split(',').map(|n| n.trim().parse().expect("--hub-procs takes numbers")).collect())
+            .unwrap_or_else(|| vec![1, 2]),
+        tenants: num("--tenants", "TILLSYNC_SYNC_TENANTS", 1, 1).max(1),
     }
 }
 
@@ -257,15 +282,20 @@ struct HubProc {
 
 impl HubProc {
     fn spawn(cfg: &Config, data: &Path) -> HubProc {
+        HubProc::spawn_on(cfg, &["--data", data.to_str().expect("utf-8 path")])
+    }
+
+    /// A hub on `storage` (`--data DIR` or `--database-url URL`).
+    fn spawn_on(cfg: &Config, storage: &[&str]) -> HubProc {
         let mut cmd = match &cfg.hub_bin {
             Some(bin) => {
                 let mut c = Command::new(bin);
-                c.args(["hub", "serve", "--data"]).arg(data).args(["--listen", "127.0.0.1:0"]);
+                c.args(["hub", "serve"]).args(storage).args(["--listen", "127.0.0.1:0"]);
                 c
             }
             None => {
                 let mut c = Command::new(std::env::current_exe().expect("bench executable"));
-                c.arg("--hub-child").arg(data);
+                c.arg("--hub-child").args(storage);
                 c
             }
         };
@@ -308,12 +338,15 @@ impl Drop for HubProc {
     }
 }
 
-/// `--hub-child DIR`: serve a hub on an ephemeral loopback port, print its URL,
-/// exit when stdin closes (the parent ended).
-fn hub_child(dir: &Path) {
+/// `--hub-child --data DIR` or `--hub-child --database-url URL`: serve a hub
+/// on an ephemeral loopback port, print its URL, exit when stdin closes (the
+/// parent ended).
+fn hub_child(kind: &str, at: &str) {
     let seed = now_ms() ^ ((std::process::id() as u64) << 32);
-    let hub = SqliteHub::open(dir, IdGen::from_u64(seed)).expect("open the hub data folder");
-    let storage: Arc<dyn HubStorage> = Arc::new(hub);
+    let storage: Arc<dyn HubStorage> = match kind {
+        "--data" => Arc::new(SqliteHub::open(Path::new(at), IdGen::from_u64(seed)).expect("open the hub data folder")),
+        _ => Arc::new(PgHub::open(at, &PgOptions::default(), IdGen::from_u64(seed)).expect("open the hub database")),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -331,17 +364,24 @@ fn hub_child(dir: &Path) {
 /// A hub data folder with a sample tenant, one store and enrolment codes.
 struct HubSetup {
     tenant: Uuid,
+    store: Uuid,
     admin: String,
     codes: Vec<String>,
 }
 
 fn setup_hub(dir: &Path, codes: usize) -> (SqliteHub, HubSetup) {
     let hub = SqliteHub::open(dir, IdGen::from_u64(7)).expect("hub");
+    let setup = setup_on(&hub, codes);
+    (hub, setup)
+}
+
+/// A sample tenant, one store and `codes` enrolment codes on any backend.
+fn setup_on(hub: &dyn HubStorage, codes: usize) -> HubSetup {
     let (tenant, admin) = hub.create_tenant("bench", true, now_ms()).expect("tenant");
     let store = hub.create_store(tenant, "bench store", now_ms()).expect("store");
     let codes =
         (0..codes).map(|_| hub.create_enrol_code(tenant, store, now_ms(), 24 * 3_600_000).expect("code").0).collect();
-    (hub, HubSetup { tenant, admin, codes })
+    HubSetup { tenant, store, admin, codes }
 }
 
 fn opts() -> ClientOptions {
@@ -556,22 +596,29 @@ struct IngestRep {
     inproc_rate: f64,
 }
 
-async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
-    let dir = root.join(format!("ingest-{rep}"));
-    let (hub, setup) = setup_hub(&dir.join("hub"), cfg.devices);
-    drop(hub);
-    let proc = HubProc::spawn(cfg, &dir.join("hub"));
-    let hwm_before = proc.mem().hwm;
-    // Enrol every device over HTTP: each gets its own token and client.
+/// Push requests per device, prepared before the clock starts.
+type Work = Vec<(HubClient, Vec<PushRequest>)>;
+
+/// Enrols `cfg.devices` devices over HTTP (round robin over the hub
+/// processes at `urls`, each device its own token and client) and builds
+/// their changes, and the same rows for the baseline. Returns an admin
+/// client of the first process too.
+async fn ingest_work(cfg: &Config, setup: &HubSetup, urls: &[&str]) -> (Work, Vec<Vec<BaseRow>>, HubClient) {
+    let admin = HubClient::new(urls[0], Some(setup.admin.clone()), &opts()).expect("admin client");
+    let (work, base) = ingest_work_for(cfg, &setup.codes, urls).await;
+    (work, base, admin)
+}
+
+/// [`ingest_work`] for any codes (of one tenant or several).
+async fn ingest_work_for(cfg: &Config, codes: &[String], urls: &[&str]) -> (Work, Vec<Vec<BaseRow>>) {
     let mut devices = Vec::new();
-    for (i, code) in setup.codes.iter().enumerate() {
-        let e = HubClient::new(&proc.url, None, &opts()).expect("client").enrol(code, &format!("sim {i}")).await;
+    for (i, code) in codes.iter().enumerate() {
+        let url = urls[i % urls.len()];
+        let e = HubClient::new(url, None, &opts()).expect("client").enrol(code, &format!("sim {i}")).await;
         let e = e.expect("enrol");
-        let client = HubClient::new(&proc.url, Some(e.token), &opts()).expect("client");
-        devices.push((SimDevice::new(e.device_id, e.store_id, setup.tenant, i), client));
+        let client = HubClient::new(url, Some(e.token), &opts()).expect("client");
+        devices.push((SimDevice::new(e.device_id, e.store_id, e.tenant_id, i), client));
     }
-    let admin = HubClient::new(&proc.url, Some(setup.admin.clone()), &opts()).expect("admin client");
-    let logged_before = admin.usage().await.expect("usage").changes;
     // Changes are built before the clock starts: only the push is measured.
     // The i-th change of every device is made at millisecond `now + i`, so
     // row ids (UUIDv7) and clocks advance as on real tills.
@@ -595,9 +642,12 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
         }
         work.push((client, reqs));
     }
-    let total: u64 = (cfg.devices * cfg.per_device) as u64;
-    let (cpu0, self0) = (proc.cpu(), proc_cpu("self"));
-    let start = Instant::now();
+    (work, base_txns)
+}
+
+/// Every device pushes its requests in order, all devices at once. Returns
+/// the push latencies (ms) and the count of refused or failed pushes.
+async fn push_all(work: Work) -> (Vec<f64>, u64) {
     let mut tasks = Vec::new();
     for (client, reqs) in work {
         tasks.push(tokio::spawn(async move {
@@ -637,6 +687,21 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
         lat.extend(l);
         errors += e;
     }
+    (lat, errors)
+}
+
+async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
+    let dir = root.join(format!("ingest-{rep}"));
+    let (hub, setup) = setup_hub(&dir.join("hub"), cfg.devices);
+    drop(hub);
+    let proc = HubProc::spawn(cfg, &dir.join("hub"));
+    let hwm_before = proc.mem().hwm;
+    let (work, base_txns, admin) = ingest_work(cfg, &setup, &[proc.url.as_str()]).await;
+    let logged_before = admin.usage().await.expect("usage").changes;
+    let total: u64 = (cfg.devices * cfg.per_device) as u64;
+    let (cpu0, self0) = (proc.cpu(), proc_cpu("self"));
+    let start = Instant::now();
+    let (lat, errors) = push_all(work).await;
     let wall = start.elapsed().as_secs_f64();
     let (hub_cpu, bench_cpu) = (proc.cpu() - cpu0, proc_cpu("self") - self0);
     let mem = proc.mem();
@@ -1477,6 +1542,155 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
 
 // ---------------------------------------------------------------------------
 
+// ---------------------------------------------------------------------------
+// 5. Ingest on PostgreSQL.
+
+struct PgIngestRep {
+    procs: usize,
+    changes: u64,
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    max: f64,
+    hub_cpu: f64,
+    copy_rate: f64,
+    copy_rows: usize,
+    errors: u64,
+    load: String,
+}
+
+/// COPY text format: tab-separated, `\N` for NULL, backslash escapes.
+fn copy_field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(v) => {
+            for ch in v.chars() {
+                match ch {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+/// The baseline: the same rows as the SQLite baseline, in a table of the
+/// same shape on the same server, loaded by one `psql \copy`. Returns the
+/// time psql took.
+fn copy_baseline(url: &str, dir: &Path, txns: &[Vec<BaseRow>]) -> (Duration, usize) {
+    let mut tsv = String::new();
+    let mut n = 0;
+    for r in txns.iter().flatten() {
+        copy_field(&mut tsv, Some(&r.id));
+        tsv.push('\t');
+        copy_field(&mut tsv, Some(&r.tbl));
+        tsv.push('\t');
+        copy_field(&mut tsv, r.key.as_deref());
+        tsv.push('\t');
+        copy_field(&mut tsv, Some(&r.store));
+        tsv.push('\t');
+        copy_field(&mut tsv, Some(&r.device));
+        tsv.push('\t');
+        tsv.push_str(&r.hlc.to_string());
+        tsv.push('\t');
+        copy_field(&mut tsv, Some(&r.data));
+        tsv.push('\n');
+        n += 1;
+    }
+    let file = dir.join("copy.tsv");
+    std::fs::write(&file, tsv).expect("write the COPY file");
+    let psql = |sql: &str| {
+        let out = Command::new("psql").args([url, "-v", "ON_ERROR_STOP=1", "-qc", sql]).output().expect("run psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    psql(
+        "CREATE TABLE ledger(id text PRIMARY KEY, tbl text NOT NULL, key text, store_id text NOT NULL,
+         device text NOT NULL, hlc bigint NOT NULL, data text NOT NULL);
+         CREATE INDEX ledger_key ON ledger(tbl, key); CREATE INDEX ledger_hlc ON ledger(tbl, hlc);",
+    );
+    let t = Instant::now();
+    psql(&format!("\\copy ledger FROM '{}'", file.display()));
+    let took = t.elapsed();
+    let _ = std::fs::remove_file(&file);
+    (took, n)
+}
+
+async fn pg_ingest_rep(cfg: &Config, server: &str, procs: usize, root: &Path) -> PgIngestRep {
+    let db = TestDatabase::create_on(server);
+    // `cfg.tenants` tenants with a store each; devices dealt round robin.
+    let admin_hub = PgHub::open(&db.url, &PgOptions::default(), IdGen::from_u64(7)).expect("hub database");
+    let setups: Vec<HubSetup> = (0..cfg.tenants).map(|_| setup_on(&admin_hub, 0)).collect();
+    let mut codes = Vec::new();
+    for i in 0..cfg.devices {
+        let t = setups[i % setups.len()].tenant;
+        let store = setups[i % setups.len()].store;
+        codes.push(admin_hub.create_enrol_code(t, store, now_ms(), 24 * 3_600_000).expect("code").0);
+    }
+    let logged = |hub: &PgHub| -> u64 { setups.iter().map(|s| hub.usage(s.tenant).expect("usage").changes).sum() };
+    let logged_before = logged(&admin_hub);
+    let hubs: Vec<HubProc> = (0..procs).map(|_| HubProc::spawn_on(cfg, &["--database-url", &db.url])).collect();
+    let urls: Vec<&str> = hubs.iter().map(|h| h.url.as_str()).collect();
+    let (work, base_txns) = ingest_work_for(cfg, &codes, &urls).await;
+    let total: u64 = (cfg.devices * cfg.per_device) as u64;
+    let cpu0: f64 = hubs.iter().map(HubProc::cpu).sum();
+    let start = Instant::now();
+    let (lat, errors) = push_all(work).await;
+    let wall = start.elapsed().as_secs_f64();
+    let hub_cpu = hubs.iter().map(HubProc::cpu).sum::<f64>() - cpu0;
+    drop(hubs);
+    let logged = logged(&admin_hub) - logged_before;
+    drop(admin_hub);
+    let dir = root.join(format!("pg-copy-{procs}"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (copy_time, copy_rows) = copy_baseline(&db.url, &dir, &base_txns);
+    let _ = std::fs::remove_dir_all(&dir);
+    PgIngestRep {
+        procs,
+        changes: total,
+        rate: total as f64 / wall,
+        p50: pct(&lat, 50.0),
+        p99: pct(&lat, 99.0),
+        max: pct(&lat, 100.0),
+        hub_cpu,
+        copy_rate: total as f64 / copy_time.as_secs_f64(),
+        copy_rows,
+        // A change missing from (or doubled in) the log counts as an error.
+        errors: errors + total.abs_diff(logged),
+        load: loadavg(),
+    }
+}
+
+fn report_pg_ingest(cfg: &Config, reps: &[PgIngestRep]) -> String {
+    let mut s = format!(
+        "### 5. Hub ingest on PostgreSQL: {} devices of {} tenant(s) x {} changes (80% sales of 4 rows, 20% price writes), batches of {}\n\n",
+        cfg.devices, cfg.tenants, cfg.per_device, BATCH_LEN
+    );
+    s += "| hub processes | changes | hub changes/s | push p50 ms | push p99 ms | push max ms | hub CPU us/change | COPY of the same rows, changes/s (rows) | hub / COPY | errors | load avg after |\n";
+    s += "|---|---|---|---|---|---|---|---|---|---|---|\n";
+    for r in reps {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} ({}) | {:.3} | {} | {} |\n",
+            r.procs,
+            r.changes,
+            fmt_num(r.rate),
+            fmt_num(r.p50),
+            fmt_num(r.p99),
+            fmt_num(r.max),
+            fmt_num(r.hub_cpu * 1e6 / r.changes as f64),
+            fmt_num(r.copy_rate),
+            r.copy_rows,
+            r.rate / r.copy_rate,
+            r.errors,
+            r.load,
+        );
+    }
+    s += "\n";
+    s
+}
+
 async fn run_all(cfg: Config) {
     std::fs::create_dir_all(&cfg.dir).expect("bench dir");
     let tmp = tempfile::Builder::new().prefix("tillsync-sync-bench").tempdir_in(&cfg.dir).expect("temp dir");
@@ -1492,6 +1706,19 @@ async fn run_all(cfg: Config) {
             reps.push(ingest_rep(&cfg, &root, rep).await);
         }
         let s = report_ingest(&cfg, &reps);
+        println!("{s}");
+        out += &s;
+    }
+    if cfg.wants("pg-ingest") {
+        let server = cfg.pg.clone().expect("--pg URL");
+        let mut reps = Vec::new();
+        for _ in 0..cfg.reps {
+            for &procs in &cfg.hub_procs {
+                progress(&format!("PostgreSQL ingest, {procs} hub process(es)"));
+                reps.push(pg_ingest_rep(&cfg, &server, procs, &root).await);
+            }
+        }
+        let s = report_pg_ingest(&cfg, &reps);
         println!("{s}");
         out += &s;
     }
@@ -1515,7 +1742,7 @@ async fn run_all(cfg: Config) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--hub-child") {
-        hub_child(Path::new(args.get(i + 1).expect("--hub-child DIR")));
+        hub_child(&args[i + 1], args.get(i + 2).expect("--hub-child --data DIR | --database-url URL"));
         return;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,45 +1,62 @@
 //! Protocol behaviour over real HTTP on loopback: compaction and
 //! re-bootstrap that keeps the outbox, a restored hub that gets changes
-//! again, and idempotent retries.
+//! again, and idempotent retries. Each test runs on both hub backends
+//! (SQLite and PostgreSQL, a fresh database each) except the restored hub,
+//! which restores SQLite files.
 
 use std::path::Path;
 use std::sync::Arc;
 use tillsync_core::domain::{Method, PaymentInput};
 use tillsync_core::{IdGen, Lane};
-use tillsync_hub::{AppState, HubStorage, SqliteHub, app};
+use tillsync_hub::pg::testing::TestDatabase;
+use tillsync_hub::{AppState, HubStorage, PgHub, PgOptions, SqliteHub, app};
 use tillsync_node::sync::client_for;
 use tillsync_node::{ClientOptions, enrol_and_bootstrap, sync_once};
 use tillsync_store::{ProductFields, SaleRequest, Store};
 use uuid::Uuid;
 
 struct Hub {
-    hub: Arc<SqliteHub>,
+    hub: Arc<dyn HubStorage>,
     url: String,
     tenant: Uuid,
     store: Uuid,
     server: tokio::task::JoinHandle<()>,
+    /// A PostgreSQL hub's database, dropped after the hub.
+    _db: Option<TestDatabase>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Pg,
 }
 
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
-async fn serve(hub: Arc<SqliteHub>, port: u16) -> (String, tokio::task::JoinHandle<()>) {
+async fn serve(storage: Arc<dyn HubStorage>, port: u16) -> (String, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let storage: Arc<dyn HubStorage> = hub;
     let server = tokio::spawn(async move {
         axum::serve(listener, app(AppState::new(storage))).await.unwrap();
     });
     (url, server)
 }
 
-async fn start(dir: &Path) -> Hub {
-    let hub = Arc::new(SqliteHub::open(dir, IdGen::from_u64(1)).unwrap());
+async fn start(backend: Backend, dir: &Path) -> Hub {
+    let (hub, db): (Arc<dyn HubStorage>, _) = match backend {
+        Backend::Sqlite => (Arc::new(SqliteHub::open(dir, IdGen::from_u64(1)).unwrap()), None),
+        Backend::Pg => {
+            let db = TestDatabase::create();
+            let options = PgOptions { pool_len_max: 4, ..PgOptions::default() };
+            (Arc::new(PgHub::open(&db.url, &options, IdGen::from_u64(1)).unwrap()), Some(db))
+        }
+    };
     let (tenant, _) = hub.create_tenant("t", true, now()).unwrap();
     let store = hub.create_store(tenant, "s", now()).unwrap();
     let (url, server) = serve(hub.clone(), 0).await;
-    Hub { hub, url, tenant, store, server }
+    Hub { hub, url, tenant, store, server, _db: db }
 }
 
 async fn till(h: &Hub, dir: &Path, n: u64) -> Store {
@@ -61,10 +78,9 @@ fn sell(s: &mut Store) -> String {
         .receipt
 }
 
-#[tokio::test]
-async fn a_cursor_behind_the_horizon_rebootstraps_and_keeps_the_outbox() {
+async fn a_cursor_behind_the_horizon_rebootstraps_and_keeps_the_outbox(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let h = start(&tmp.path().join("hub")).await;
+    let h = start(backend, &tmp.path().join("hub")).await;
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut a = till(&h, &da, 1).await;
     let mut b = till(&h, &db, 2).await;
@@ -90,11 +106,11 @@ async fn a_cursor_behind_the_horizon_rebootstraps_and_keeps_the_outbox() {
     h.server.abort();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_hub_gets_the_changes_again() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
-    let h = start(&hub_dir).await;
+    let h = start(Backend::Sqlite, &hub_dir).await;
     let da = tmp.path().join("a");
     let mut a = till(&h, &da, 1).await;
     sell(&mut a);
@@ -112,7 +128,7 @@ async fn a_restored_hub_gets_the_changes_again() {
     drop(h.hub);
     std::fs::remove_dir_all(&hub_dir).unwrap();
     copy_dir(&backup, &hub_dir);
-    let hub = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
+    let hub: Arc<dyn HubStorage> = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
     let (_, server) = serve(hub.clone(), port).await;
     // A new sale: the restored hub expects sequence 2, so the till resends 2..5.
     let newest = sell(&mut a);
@@ -121,8 +137,14 @@ async fn a_restored_hub_gets_the_changes_again() {
     assert_eq!(a.acked(Lane::Sales).unwrap(), 5);
     assert_eq!(a.digests().unwrap().0, hub.store_digest(h.tenant, h.store).unwrap());
     // A fresh till sees every sale exactly once.
-    let h2 =
-        Hub { hub: hub.clone(), url: format!("http://127.0.0.1:{port}"), tenant: h.tenant, store: h.store, server };
+    let h2 = Hub {
+        hub: hub.clone(),
+        url: format!("http://127.0.0.1:{port}"),
+        tenant: h.tenant,
+        store: h.store,
+        server,
+        _db: None,
+    };
     let dc = tmp.path().join("c");
     let c = till(&h2, &dc, 3).await;
     assert_eq!(c.sales_count().unwrap(), 5);
@@ -132,10 +154,9 @@ async fn a_restored_hub_gets_the_changes_again() {
     h2.server.abort();
 }
 
-#[tokio::test]
-async fn a_lost_acknowledgement_is_retried_without_duplicates() {
+async fn a_lost_acknowledgement_is_retried_without_duplicates(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let h = start(&tmp.path().join("hub")).await;
+    let h = start(backend, &tmp.path().join("hub")).await;
     let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
     let mut a = till(&h, &da, 1).await;
     let mut b = till(&h, &db, 2).await;
@@ -169,10 +190,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[tokio::test]
-async fn a_quota_holds_back_the_catalogue_but_never_sales() {
+async fn a_quota_holds_back_the_catalogue_but_never_sales(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let h = start(&tmp.path().join("hub")).await;
+    let h = start(backend, &tmp.path().join("hub")).await;
     let da = tmp.path().join("a");
     let mut a = till(&h, &da, 1).await;
     h.hub.set_quota(h.tenant, 1).unwrap();
@@ -201,10 +221,9 @@ async fn a_quota_holds_back_the_catalogue_but_never_sales() {
     h.server.abort();
 }
 
-#[tokio::test]
-async fn a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew() {
+async fn a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let h = start(&tmp.path().join("hub")).await;
+    let h = start(backend, &tmp.path().join("hub")).await;
     let da = tmp.path().join("a");
     let mut a = till(&h, &da, 1).await;
     sell(&mut a);
@@ -223,10 +242,9 @@ async fn a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew() {
     h.server.abort();
 }
 
-#[tokio::test]
-async fn a_copied_folder_is_caught_even_when_the_original_stays_silent() {
+async fn a_copied_folder_is_caught_even_when_the_original_stays_silent(backend: Backend) {
     let tmp = tempfile::tempdir().unwrap();
-    let h = start(&tmp.path().join("hub")).await;
+    let h = start(backend, &tmp.path().join("hub")).await;
     let (da, dc) = (tmp.path().join("a"), tmp.path().join("copy"));
     let mut a = till(&h, &da, 1).await;
     sell(&mut a);
@@ -251,11 +269,11 @@ async fn a_copied_folder_is_caught_even_when_the_original_stays_silent() {
     h.server.abort();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restored_hub_is_refilled_by_its_tills_and_no_till_skips_a_reused_position() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
-    let h = start(&hub_dir).await;
+    let h = start(Backend::Sqlite, &hub_dir).await;
     let (da, db, dc) = (tmp.path().join("a"), tmp.path().join("b"), tmp.path().join("c"));
     let mut a = till(&h, &da, 1).await;
     let mut b = till(&h, &db, 2).await;
@@ -278,7 +296,7 @@ async fn a_restored_hub_is_refilled_by_its_tills_and_no_till_skips_a_reused_posi
     std::fs::remove_dir_all(&da).unwrap();
     std::fs::remove_dir_all(&hub_dir).unwrap();
     copy_dir(&backup, &hub_dir);
-    let hub = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
+    let hub: Arc<dyn HubStorage> = Arc::new(SqliteHub::open(&hub_dir, IdGen::from_u64(2)).unwrap());
     let (_, server) = serve(hub.clone(), port).await;
     // C sells: on the restored hub its sale takes the position A's had, which
     // B's cursor has passed. A plain "after my cursor" pull would skip it.
@@ -303,3 +321,34 @@ async fn a_restored_hub_is_refilled_by_its_tills_and_no_till_skips_a_reused_posi
 fn observer(tenant: uuid::Uuid, store: uuid::Uuid) -> tillsync_hub::DeviceAuth {
     tillsync_hub::DeviceAuth { device_id: uuid::Uuid::from_u128(0x0b5e), tenant_id: tenant, store_id: store }
 }
+
+/// Runs each named test on SQLite (`sqlite::NAME`) and PostgreSQL
+/// (`pg::NAME`). Multi-threaded: the PostgreSQL client blocks in place.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod pg {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Pg).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    a_cursor_behind_the_horizon_rebootstraps_and_keeps_the_outbox,
+    a_lost_acknowledgement_is_retried_without_duplicates,
+    a_quota_holds_back_the_catalogue_but_never_sales,
+    a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew,
+    a_copied_folder_is_caught_even_when_the_original_stays_silent,
+);

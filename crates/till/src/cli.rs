@@ -273,12 +273,29 @@ pub struct TlsArgs {
     pub insecure: bool,
 }
 
-/// The hub's data: a folder (SQLite).
+/// Where the hub keeps its data: a folder (SQLite, one hub process) or a
+/// PostgreSQL database (any number of hub processes). Exactly one.
 #[derive(Args, Debug, Clone)]
 pub struct HubData {
-    /// The hub's data folder.
+    /// The hub's data folder (SQLite).
     #[arg(long, env = "TILL_HUB_DATA")]
-    pub data: PathBuf,
+    pub data: Option<PathBuf>,
+    /// The hub's PostgreSQL database, e.g. postgres://hub@127.0.0.1:5432/tillsync
+    /// (no TLS: loopback or a private network).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Folder for the tills' backups kept by the hub (default: DATA/backups;
+    /// a PostgreSQL hub keeps none without it: give every process the same,
+    /// shared folder).
+    #[arg(long, env = "TILL_HUB_BACKUPS")]
+    pub backups: Option<PathBuf>,
+    /// PostgreSQL: most connections in this process's pool.
+    #[arg(long, default_value_t = 16)]
+    pub pool_len_max: u32,
+    /// PostgreSQL: longest wait for a pooled connection before a request
+    /// fails with 503, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,22 +1,85 @@
-//! `till hub ...`: serve the hub and administer its data folder.
+//! `till hub ...`: serve the hub and administer its data, in a folder
+//! (SQLite) or a PostgreSQL database.
 
-use crate::cli::{HubCmd, HubPolicyCmd, StoreCmd, TenantCmd};
+use crate::cli::{HubCmd, HubData, HubPolicyCmd, StoreCmd, TenantCmd};
 use crate::node::{now_ms, os_ids};
 use crate::output;
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use std::path::Path;
 use std::sync::Arc;
-use tillsync_hub::{AppState, HubStorage, SqliteHub, app};
+use tillsync_hub::{AppState, HubError, HubStorage, PgHub, PgOptions, SqliteHub, app};
 use uuid::Uuid;
 
-fn hub(data: &Path) -> Result<SqliteHub> {
-    Ok(SqliteHub::open(data, os_ids())?)
+/// The URL with any password hidden, for output and errors.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        // A key=value connection string.
+        return url
+            .split_whitespace()
+            .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+            .collect::<Vec<_>>()
+            .join(" ");
+    };
+    match url[start..].find('@') {
+        Some(at) => {
+            let userinfo = &url[start..start + at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let hidden = if userinfo.contains(':') { format!("{user}:***") } else { user.to_string() };
+            format!("{}{hidden}{}", &url[..start], &url[start + at..])
+        }
+        None => url.to_string(),
+    }
 }
 
-/// Where the hub keeps tills' backups: `DATA/backups`.
-fn backup_files(data: &Path) -> tillsync_hub::BackupFiles {
-    tillsync_hub::BackupFiles::new(&data.join("backups"))
+/// Where the hub's data is, for messages.
+fn describe(data: &HubData) -> String {
+    match (&data.data, &data.database_url) {
+        (Some(d), _) => d.display().to_string(),
+        (None, Some(u)) => redact(u),
+        (None, None) => String::new(),
+    }
+}
+
+/// Opens the hub's storage: exactly one of `--data` and `--database-url`.
+fn hub(data: &HubData) -> Result<Arc<dyn HubStorage>> {
+    match (&data.data, &data.database_url) {
+        (Some(dir), None) => Ok(Arc::new(SqliteHub::open(dir, os_ids())?)),
+        (None, Some(url)) => {
+            let options = PgOptions {
+                pool_len_max: data.pool_len_max,
+                acquire_timeout_ms: data.acquire_timeout_ms,
+                ..PgOptions::default()
+            };
+            match PgHub::open(url, &options, os_ids()) {
+                Ok(h) => Ok(Arc::new(h)),
+                Err(HubError::Unavailable(detail) | HubError::Internal(detail)) => bail!(
+                    "cannot use the PostgreSQL database at {}: {detail}; check that the server runs (`pg_isready`) and the URL (--database-url or DATABASE_URL)",
+                    redact(url)
+                ),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Some(_), Some(_)) => bail!(
+            "both --data (SQLite) and --database-url (PostgreSQL) are given (DATABASE_URL or TILL_HUB_DATA may be set in the environment): give exactly one"
+        ),
+        (None, None) => {
+            bail!(
+                "where is the hub's data? give --data DIR (SQLite) or --database-url postgres://... (PostgreSQL, or DATABASE_URL)"
+            )
+        }
+    }
+}
+
+/// Where the hub keeps tills' backups: `--backups DIR`, else `DATA/backups`
+/// for a hub in a folder; a PostgreSQL hub keeps none unless told where (a
+/// folder every hub process shares).
+fn backup_files(data: &HubData) -> Option<tillsync_hub::BackupFiles> {
+    match (&data.backups, &data.data) {
+        (Some(dir), _) => Some(tillsync_hub::BackupFiles::new(dir)),
+        (None, Some(d)) => Some(tillsync_hub::BackupFiles::new(&d.join("backups"))),
+        (None, None) => None,
+    }
 }
 
 fn uuid(s: &str, what: &str) -> Result<Uuid> {
@@ -31,10 +94,10 @@ pub fn install_crypto() {
 pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
     match cmd {
         HubCmd::Serve { data, listen, metrics, tls_cert, tls_key } => {
-            serve(&data.data, &listen, metrics.as_deref(), tls_cert.as_deref(), tls_key.as_deref(), j)
+            serve(&data, &listen, metrics.as_deref(), tls_cert.as_deref(), tls_key.as_deref(), j)
         }
         HubCmd::Tenant(TenantCmd::Create { data, name, sample }) => {
-            let (id, token) = hub(&data.data)?.create_tenant(&name, sample, now_ms())?;
+            let (id, token) = hub(&data)?.create_tenant(&name, sample, now_ms())?;
             if j {
                 output::json(&json!({"tenant_id": id, "admin_token": token}));
             } else {
@@ -44,7 +107,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             Ok(())
         }
         HubCmd::Store(StoreCmd::Create { data, tenant, name }) => {
-            let id = hub(&data.data)?.create_store(uuid(&tenant, "tenant")?, &name, now_ms())?;
+            let id = hub(&data)?.create_store(uuid(&tenant, "tenant")?, &name, now_ms())?;
             if j {
                 output::json(&json!({"store_id": id}))
             } else {
@@ -55,7 +118,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
         HubCmd::Enrol { data, tenant, store, ttl_hours } => {
             let ttl = ttl_hours.clamp(1, 24 * 30) * 3_600_000;
             let (code, expires) =
-                hub(&data.data)?.create_enrol_code(uuid(&tenant, "tenant")?, uuid(&store, "store")?, now_ms(), ttl)?;
+                hub(&data)?.create_enrol_code(uuid(&tenant, "tenant")?, uuid(&store, "store")?, now_ms(), ttl)?;
             if j {
                 output::json(&json!({"code": code, "expires_at": expires}));
             } else {
@@ -65,7 +128,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             Ok(())
         }
         HubCmd::Policy(HubPolicyCmd::Set { data, tenant, target, mode }) => {
-            hub(&data.data)?.set_policy(uuid(&tenant, "tenant")?, &target, &mode, now_ms())?;
+            hub(&data)?.set_policy(uuid(&tenant, "tenant")?, &target, &mode, now_ms())?;
             if j {
                 output::json(&json!({"target": target, "mode": mode}))
             } else {
@@ -75,10 +138,11 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
         }
         HubCmd::Usage { data, tenant } => {
             let tenant = uuid(&tenant, "tenant")?;
-            let mut u = hub(&data.data)?.usage(tenant)?;
-            let files = backup_files(&data.data);
-            u.backup_bytes = files.used_bytes(tenant)?;
-            u.quota_backup_bytes = files.quota_bytes(tenant)?;
+            let mut u = hub(&data)?.usage(tenant)?;
+            if let Some(files) = backup_files(&data) {
+                u.backup_bytes = files.used_bytes(tenant)?;
+                u.quota_backup_bytes = files.quota_bytes(tenant)?;
+            }
             if j {
                 output::json(&u);
             } else {
@@ -101,14 +165,17 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
                 bail!("give --changes N and/or --backup-bytes N (0 removes a quota)");
             }
             let tenant = uuid(&tenant, "tenant")?;
-            let h = hub(&data.data)?;
+            let h = hub(&data)?;
             // An unknown tenant is refused before anything is written.
             h.usage(tenant)?;
             if let Some(n) = changes {
                 h.set_quota(tenant, n)?;
             }
             if let Some(n) = backup_bytes {
-                backup_files(&data.data).set_quota_bytes(tenant, n)?;
+                let Some(files) = backup_files(&data) else {
+                    bail!("this hub keeps no backups: give --backups DIR (the folder `till hub serve --backups` uses)");
+                };
+                files.set_quota_bytes(tenant, n)?;
             }
             if j {
                 output::json(&json!({"quota_changes": changes, "quota_backup_bytes": backup_bytes}))
@@ -123,7 +190,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             Ok(())
         }
         HubCmd::Compact { data, tenant, keep } => {
-            let h = hub(&data.data)?.compact(uuid(&tenant, "tenant")?, keep)?;
+            let h = hub(&data)?.compact(uuid(&tenant, "tenant")?, keep)?;
             if j {
                 output::json(&json!({"horizon": h}))
             } else {
@@ -132,7 +199,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             Ok(())
         }
         HubCmd::Digest { data, tenant, store } => {
-            let d = hub(&data.data)?.store_digest(uuid(&tenant, "tenant")?, uuid(&store, "store")?)?;
+            let d = hub(&data)?.store_digest(uuid(&tenant, "tenant")?, uuid(&store, "store")?)?;
             if j {
                 output::json(&json!({"state_digest": d}))
             } else {
@@ -146,7 +213,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
 /// Serves until Ctrl-C or SIGTERM. Prints the bound address first, so a
 /// script that asked for port 0 learns the port.
 pub fn serve(
-    data: &Path,
+    data: &HubData,
     listen: &str,
     metrics: Option<&str>,
     cert: Option<&Path>,
@@ -155,8 +222,13 @@ pub fn serve(
 ) -> Result<()> {
     install_crypto();
     crate::init_logs();
-    let storage: Arc<dyn HubStorage> = Arc::new(hub(data)?);
-    let state = AppState::new(storage).with_backups(backup_files(data));
+    let storage = hub(data)?;
+    let where_ = describe(data);
+    let where_key = if data.data.is_some() { "data" } else { "database" };
+    let mut state = AppState::new(storage);
+    if let Some(files) = backup_files(data) {
+        state = state.with_backups(files);
+    }
     let metrics_app = tillsync_hub::metrics_router(state.clone());
     let router = app(state);
     let metrics = metrics.map(str::to_string);
@@ -169,9 +241,9 @@ pub fn serve(
         let bound = std_listener.local_addr()?;
         let scheme = if cert.is_some() { "https" } else { "http" };
         if j {
-            println!("{}", json!({"url": format!("{scheme}://{bound}"), "data": data}));
+            println!("{}", json!({"url": format!("{scheme}://{bound}"), where_key: where_}));
         } else {
-            println!("hub listening on {scheme}://{bound} (data in {}); Ctrl-C stops it", data.display());
+            println!("hub listening on {scheme}://{bound} (data in {where_}); Ctrl-C stops it");
         }
         use std::io::Write;
         std::io::stdout().flush()?;
@@ -210,5 +282,18 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_database_password_is_never_printed() {
+        assert_eq!(redact("postgres://hub:s3cret@db:5432/tillsync"), "postgres://hub:***@db:5432/tillsync");
+        assert_eq!(redact("postgres://hub@db/tillsync"), "postgres://hub@db/tillsync");
+        assert_eq!(redact("postgres://db/tillsync"), "postgres://db/tillsync");
+        assert_eq!(redact("host=db user=hub password=s3cret"), "host=db user=hub password=***");
     }
 }

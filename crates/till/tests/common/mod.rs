@@ -54,7 +54,7 @@ impl Out {
 /// and no inherited `TILL_SYNC_*` / `TILL_NETWORK_*` overrides.
 pub fn base_command() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("TILL_DATA").env_remove("TILL_HUB_DATA").env_remove("TILL_ADMIN_TOKEN");
+    c.env_remove("TILL_DATA").env_remove("TILL_HUB_DATA").env_remove("TILL_ADMIN_TOKEN").env_remove("DATABASE_URL");
     for (k, _) in std::env::vars() {
         if k.starts_with("TILL_SYNC_") || k.starts_with("TILL_NETWORK_") {
             c.env_remove(k);
@@ -151,13 +151,22 @@ impl Hub {
     /// Starts the hub on `listen`; Err if it exits before printing its
     /// address (e.g. the port is still taken).
     pub fn try_start(data: &Path, listen: &str) -> Result<Hub, String> {
-        Hub::try_start_with(data, listen, &[])
+        Hub::try_start_on(&["--data", p(data)], listen)
     }
 
     /// As `try_start`, with more `hub serve` arguments (e.g. `--metrics`).
     pub fn try_start_with(data: &Path, listen: &str, extra: &[&str]) -> Result<Hub, String> {
-        let mut args = vec!["hub", "serve", "--data", p(data), "--listen", listen, "--json"];
-        args.extend_from_slice(extra);
+        let mut storage = vec!["--data", p(data)];
+        storage.extend_from_slice(extra);
+        Hub::try_start_on(&storage, listen)
+    }
+
+    /// Starts the hub on the storage `storage` names (`--data DIR` or
+    /// `--database-url URL`), with any more `hub serve` arguments.
+    pub fn try_start_on(storage: &[&str], listen: &str) -> Result<Hub, String> {
+        let mut args = vec!["hub", "serve"];
+        args.extend_from_slice(storage);
+        args.extend_from_slice(&["--listen", listen, "--json"]);
         let mut child = base_command()
             .args(&args)
             .stdin(Stdio::null())
@@ -210,10 +219,15 @@ impl Hub {
 
     /// Restarts on a given port, retrying while the old socket lingers.
     pub fn start_on_port(data: &Path, port: u16) -> Hub {
+        Hub::start_on_port_with(&["--data", p(data)], port)
+    }
+
+    /// [`Hub::start_on_port`] on any storage.
+    pub fn start_on_port_with(storage: &[&str], port: u16) -> Hub {
         let deadline = Instant::now() + Duration::from_secs(5);
         let listen = format!("127.0.0.1:{port}");
         loop {
-            match Hub::try_start(data, &listen) {
+            match Hub::try_start_on(storage, &listen) {
                 Ok(h) => return h,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("hub restart on {listen} retried: {e}");
