@@ -5,9 +5,16 @@
 //! database, with a manifest that records who, when, the sync position and
 //! the SHA-256 of both the plaintext and the stored object.
 //!
-//! A destination stores an object and its manifest; the object is written
-//! under a temporary name and published by renaming, and the manifest is
-//! written last, so a half-written backup is never listed.
+//! A destination stores an object and its manifest: a folder ([`Folder`]) or
+//! S3-compatible object storage ([`s3::S3`], `s3://bucket/prefix`). The
+//! object is written under a temporary name (a folder renames it into place;
+//! S3 completes a multipart upload) and the manifest is written last, so a
+//! half-written backup is never listed.
+//!
+//! Progress is reported through callbacks `(done_bytes, total_bytes)`; the
+//! binary turns them into a progress bar.
+
+pub mod s3;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -131,12 +138,23 @@ pub trait Destination {
     fn remove(&self, backup_id: &str) -> Result<(), BackupError>;
 }
 
+/// A destination from its address: `s3://bucket/prefix` (reached with
+/// `s3`) or a folder.
+pub fn destination(addr: &str, s3: &s3::S3Options) -> Result<Box<dyn Destination>, BackupError> {
+    if is_s3(addr) { Ok(Box::new(s3::S3::open(addr, s3)?)) } else { Ok(Box::new(Folder { dir: PathBuf::from(addr) })) }
+}
+
+/// Whether an address names S3-compatible storage.
+pub fn is_s3(addr: &str) -> bool {
+    addr.starts_with("s3://")
+}
+
 /// A folder destination.
 pub struct Folder {
     pub dir: PathBuf,
 }
 
-fn check_id(id: &str) -> Result<(), BackupError> {
+pub(crate) fn check_id(id: &str) -> Result<(), BackupError> {
     if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(BackupError::NotFound(id.chars().take(100).collect()));
     }
@@ -412,10 +430,21 @@ pub struct Verified {
 /// Downloads, decrypts and checks a backup: both digests and SQLite's
 /// `PRAGMA integrity_check`.
 pub fn verify(dest: &dyn Destination, id: Option<&str>, unlock: &Unlock, work: &Path) -> Result<Verified, BackupError> {
+    verify_with_progress(dest, id, unlock, work, |_, _| {})
+}
+
+/// [`verify`], reporting the bytes decrypted so far.
+pub fn verify_with_progress(
+    dest: &dyn Destination,
+    id: Option<&str>,
+    unlock: &Unlock,
+    work: &Path,
+    progress: impl FnMut(u64, u64),
+) -> Result<Verified, BackupError> {
     let m = pick(dest, id)?;
     std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
     let tmp = work.join(format!(".{}.verify.db", m.backup_id));
-    extract(dest, &m, unlock, &tmp, |_, _| {})?;
+    extract(dest, &m, unlock, &tmp, progress)?;
     let r = (|| {
         let conn = rusqlite::Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| BackupError::Damaged(e.to_string()))?;

@@ -6,10 +6,12 @@
 
 pub mod app;
 pub mod error;
+pub mod export;
 pub mod sqlite;
 pub mod storage;
 
 pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metrics_router};
 pub use error::HubError;
+pub use export::Exported;
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};
