@@ -38,6 +38,28 @@ pub struct S3Options {
     pub session_token: Option<String>,
 }
 
+impl S3Options {
+    /// Options from the given endpoint and region (flags or config; empty
+    /// means unset), else the usual AWS environment variables
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, `AWS_REGION`,
+    /// `AWS_DEFAULT_REGION`); the keys always come from
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`.
+    pub fn resolve(endpoint: Option<&str>, region: Option<&str>) -> S3Options {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let given = |v: Option<&str>| v.filter(|v| !v.is_empty()).map(str::to_string);
+        S3Options {
+            endpoint: given(endpoint).or_else(|| env("AWS_ENDPOINT_URL_S3")).or_else(|| env("AWS_ENDPOINT_URL")),
+            region: given(region)
+                .or_else(|| env("AWS_REGION"))
+                .or_else(|| env("AWS_DEFAULT_REGION"))
+                .unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: env("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+            secret_access_key: env("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+            session_token: env("AWS_SESSION_TOKEN"),
+        }
+    }
+}
+
 /// An `s3://bucket/prefix` destination.
 pub struct S3 {
     store: Arc<AmazonS3>,

@@ -52,26 +52,11 @@ fn unlock_for(args: &BackupKeyArgs) -> Result<Unlock> {
 /// S3 settings for `s3://` destinations: flags first, then the till's
 /// config, then the usual AWS environment variables.
 pub fn s3_options(args: &S3Args, config: Option<&Config>) -> S3Options {
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let conf = |f: fn(&Config) -> &String| config.map(f).filter(|v| !v.is_empty()).cloned();
-    S3Options {
-        endpoint: args
-            .s3_endpoint
-            .clone()
-            .or_else(|| conf(|c| &c.backup.s3_endpoint))
-            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
-            .or_else(|| env("AWS_ENDPOINT_URL")),
-        region: args
-            .s3_region
-            .clone()
-            .or_else(|| conf(|c| &c.backup.s3_region))
-            .or_else(|| env("AWS_REGION"))
-            .or_else(|| env("AWS_DEFAULT_REGION"))
-            .unwrap_or_else(|| "us-east-1".into()),
-        access_key_id: env("AWS_ACCESS_KEY_ID").unwrap_or_default(),
-        secret_access_key: env("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-        session_token: env("AWS_SESSION_TOKEN"),
-    }
+    let conf = |f: fn(&Config) -> &str| config.map(f).filter(|v| !v.is_empty());
+    S3Options::resolve(
+        args.s3_endpoint.as_deref().or_else(|| conf(|c| &c.backup.s3_endpoint)),
+        args.s3_region.as_deref().or_else(|| conf(|c| &c.backup.s3_region)),
+    )
 }
 
 /// The destination at an address: a folder or `s3://bucket/prefix`.

@@ -101,6 +101,10 @@ impl Till<'_> {
     fn ok(&self, args: &[&str]) -> Value {
         let o = self.run(args);
         assert!(o.status.success(), "till {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+        if args[0] == "backup" {
+            // Progress bars only on a terminal: nothing on a captured stderr.
+            assert!(o.stderr.is_empty(), "till {args:?} wrote to stderr: {}", String::from_utf8_lossy(&o.stderr));
+        }
         serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
     }
 
