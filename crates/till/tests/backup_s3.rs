@@ -252,4 +252,22 @@ fn backups_to_s3_round_trip_list_prune_and_catch_damage() {
     // A bucket that does not exist is an error that names the address.
     let e = till.fails(&["backup", "list", "--from", "s3://no-such-bucket/x"]);
     assert!(e.contains("s3://no-such-bucket/x"), "{e}");
+
+    // From the till's config (as `till node run` schedules it): the
+    // destination and endpoint there win over AWS_ENDPOINT_URL, wrong here.
+    till.ok(&["config", "set", "--data", p(&t), "backup.destination", &dest, "--json"]);
+    till.ok(&["config", "set", "--data", p(&t), "backup.s3_endpoint", &moto.endpoint, "--json"]);
+    till.ok(&["config", "set", "--data", p(&t), "backup.passphrase_file", p(&pw), "--json"]);
+    let o = Command::new(BIN)
+        .args(["backup", "create", "--data", p(&t), "--json"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let third: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let v = till.ok(&["backup", "verify", "--from", &dest, "--passphrase-file", p(&pw), "--json"]);
+    assert_eq!(v["backup_id"], third["backup_id"]);
+    assert_eq!(v["integrity"], "ok");
 }
