@@ -1,5 +1,5 @@
 //! Backups of a till: a consistent snapshot of the node database taken while
-//! the till keeps selling (`VACUUM INTO` on a read transaction), compressed
+//! the till keeps selling (the online backup API in one read transaction), compressed
 //! with zstd and encrypted with age (a passphrase or a recipient key;
 //! encryption is not optional), streamed so memory does not grow with the
 //! database, with a manifest that records who, when, the sync position and
@@ -30,6 +30,13 @@ pub const OBJECT_EXT: &str = "tsb";
 pub const MANIFEST_EXT: &str = "json";
 /// Copy buffer size, in bytes: memory stays flat whatever the database size.
 const BUF_LEN: usize = 256 * 1024;
+/// zstd level (3: zstd's default, the pipeline it is measured against).
+const ZSTD_LEVEL: i32 = 3;
+/// zstd worker threads: compression runs beside hashing and encryption.
+const ZSTD_WORKERS: u32 = 2;
+/// Times a locked database is retried for the snapshot, and the pause.
+const SNAPSHOT_TRIES_MAX: u32 = 100;
+const SNAPSHOT_RETRY_MS: u64 = 50;
 
 /// Errors of backups, said so that they can be acted on.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +241,33 @@ fn encryptor(key: &Key) -> Result<age::Encryptor, BackupError> {
     }
 }
 
+/// Copies the database into `snap` with SQLite's online backup API in one
+/// step: one read transaction of the WAL database, so sales keep
+/// committing and never restart the copy; pages are copied as they are
+/// (faster than `VACUUM INTO`, which rebuilds every b-tree).
+fn snapshot(conn: &rusqlite::Connection, snap: &Path) -> Result<(), BackupError> {
+    let fail = |e: rusqlite::Error| BackupError::Io(format!("cannot snapshot: {e}"));
+    let mut dst = rusqlite::Connection::open(snap).map_err(fail)?;
+    {
+        let b = rusqlite::backup::Backup::new(conn, &mut dst).map_err(fail)?;
+        let mut tries = 0;
+        loop {
+            match b.step(-1).map_err(fail)? {
+                rusqlite::backup::StepResult::Done => break,
+                rusqlite::backup::StepResult::More => {}
+                _ if tries < SNAPSHOT_TRIES_MAX => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(SNAPSHOT_RETRY_MS));
+                }
+                _ => return Err(BackupError::Io("cannot snapshot: the database stayed locked".into())),
+            }
+        }
+    }
+    // A plain rollback-journal file: nothing beside it when it is restored.
+    dst.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(())).map_err(fail)?;
+    Ok(())
+}
+
 /// Creates a backup of the till database at `db` into `dest`. `work` is a
 /// folder for the temporary snapshot and object (beside the till is best).
 pub fn create(
@@ -268,10 +302,7 @@ pub fn create(
     let snap = work.join(format!(".{backup_id}.snapshot.db"));
     let obj = work.join(format!(".{backup_id}.object"));
     let _ = std::fs::remove_file(&snap);
-    // A consistent copy without holding the writer: VACUUM INTO reads one
-    // snapshot of the WAL database while sales keep committing.
-    conn.execute("VACUUM INTO ?1", [snap.display().to_string()])
-        .map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
+    snapshot(&conn, &snap)?;
     let schema_version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| BackupError::Io(e.to_string()))?;
     let manifest_base = Manifest {
@@ -307,7 +338,8 @@ pub fn create(
         let mut stored = Tee { inner: BufWriter::with_capacity(BUF_LEN, out), hasher: Sha256::new(), bytes: 0 };
         {
             let enc = encryptor(key)?.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
-            let mut z = zstd::stream::Encoder::new(enc, 3).map_err(io("cannot compress"))?;
+            let mut z = zstd::stream::Encoder::new(enc, ZSTD_LEVEL).map_err(io("cannot compress"))?;
+            z.multithread(ZSTD_WORKERS).map_err(io("cannot compress"))?;
             let mut buf = vec![0u8; BUF_LEN];
             loop {
                 let n = input.read(&mut buf).map_err(io("cannot read the snapshot"))?;
