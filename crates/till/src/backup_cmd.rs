@@ -76,7 +76,8 @@ impl Bar {
         if !std::io::stderr().is_terminal() {
             return Bar(None);
         }
-        let b = indicatif::ProgressBar::new(0);
+        // Hidden until the first report, so no empty bar flashes first.
+        let b = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden());
         let style = indicatif::ProgressStyle::with_template(
             "{msg:8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
         )
@@ -89,6 +90,9 @@ impl Bar {
 
     fn set(&self, done: u64, total: u64) {
         if let Some(b) = &self.0 {
+            if b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
             b.set_length(total);
             b.set_position(done);
         }
