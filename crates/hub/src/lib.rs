@@ -7,6 +7,7 @@
 pub mod app;
 pub mod backups;
 pub mod error;
+pub mod export;
 pub mod pg;
 pub mod sqlite;
 pub mod storage;
@@ -14,6 +15,7 @@ pub mod storage;
 pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metrics_router};
 pub use backups::{BackupFiles, BackupObject};
 pub use error::HubError;
+pub use export::Exported;
 pub use pg::{PgHub, PgOptions};
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

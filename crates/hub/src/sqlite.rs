@@ -147,7 +147,7 @@ impl SqliteHub {
     }
 
     /// The tenant's state and log, opened once and kept.
-    fn tenant(&self, tenant: Uuid) -> Result<Arc<Mutex<Store>>, HubError> {
+    pub(crate) fn tenant(&self, tenant: Uuid) -> Result<Arc<Mutex<Store>>, HubError> {
         let mut map = self.tenants.lock().expect("tenants");
         if let Some(s) = map.get(&tenant) {
             return Ok(s.clone());
@@ -249,7 +249,7 @@ impl SqliteHub {
         Ok(notices)
     }
 
-    fn tenant_of_store(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
+    pub(crate) fn tenant_of_store(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
         self.control
             .lock()
             .expect("control")
@@ -272,7 +272,7 @@ fn assigned_pos(conn: &Connection) -> Result<u64, HubError> {
 }
 
 /// The compaction horizon: log positions at or below it are gone.
-fn horizon(conn: &Connection) -> Result<u64, HubError> {
+pub(crate) fn horizon(conn: &Connection) -> Result<u64, HubError> {
     Ok(conn
         .query_row("SELECT value FROM hub_state WHERE key = 'horizon'", [], |r| r.get::<_, String>(0))
         .optional()?

@@ -22,8 +22,12 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
-    /// A folder for backups (another disk is best).
+    /// A folder for backups (another disk is best) or `s3://bucket/prefix`.
     pub destination: String,
+    /// Endpoint of S3-compatible storage (empty: AWS, or `AWS_ENDPOINT_URL`).
+    pub s3_endpoint: String,
+    /// S3 region (empty: `AWS_REGION`, else us-east-1).
+    pub s3_region: String,
     /// File holding the passphrase (or use `recipient`).
     pub passphrase_file: String,
     /// An age recipient key (`age1...`).
@@ -155,6 +159,8 @@ impl Config {
             "backup.recipient",
             "backup.interval_s",
             "backup.keep",
+            "backup.s3_endpoint",
+            "backup.s3_region",
         ]
     }
 
@@ -178,6 +184,8 @@ impl Config {
             "backup.recipient" => self.backup.recipient.clone(),
             "backup.interval_s" => self.backup.interval_s.to_string(),
             "backup.keep" => self.backup.keep.to_string(),
+            "backup.s3_endpoint" => self.backup.s3_endpoint.clone(),
+            "backup.s3_region" => self.backup.s3_region.clone(),
             other => return Err(ConfigError::UnknownKey(other.into())),
         })
     }
@@ -207,6 +215,8 @@ impl Config {
             "backup.recipient" => self.backup.recipient = value.trim().to_string(),
             "backup.interval_s" => self.backup.interval_s = num()?,
             "backup.keep" => self.backup.keep = num()?,
+            "backup.s3_endpoint" => self.backup.s3_endpoint = value.trim().to_string(),
+            "backup.s3_region" => self.backup.s3_region = value.trim().to_string(),
             other => return Err(ConfigError::UnknownKey(other.into())),
         }
         self.validate()
@@ -254,6 +264,10 @@ impl Config {
         }
         if self.backup.interval_s != 0 && self.backup.destination.is_empty() {
             return bad("backup.interval_s", self.backup.interval_s.to_string(), "set backup.destination first");
+        }
+        let e = &self.backup.s3_endpoint;
+        if !e.is_empty() && !e.starts_with("https://") && !e.starts_with("http://") {
+            return bad("backup.s3_endpoint", e.clone(), "a URL: https://HOST[:PORT]");
         }
         for l in &self.network.metered_lanes {
             if tillsync_core::Lane::parse(l).is_none() {

@@ -27,6 +27,10 @@ pub enum StoreError {
     ProductExists(String),
     #[error("{0}")]
     NotFound(String),
+    #[error(
+        "this is a point-in-time export: read-only (read it with `till status`, `till sales list`, `till report`; restore a backup to sell)"
+    )]
+    ReadOnly,
     #[error("{0}")]
     Invalid(String),
     #[error(transparent)]

@@ -196,6 +196,10 @@ impl Store {
         f: impl FnOnce(&mut Local<'_>) -> Result<T, StoreError>,
         then: impl FnOnce(&rusqlite::Connection, &Change) -> Result<(), StoreError>,
     ) -> Result<T, StoreError> {
+        // A point-in-time export (`till hub export`) is a record of the past.
+        if self.identity().mode == "export" {
+            return Err(StoreError::ReadOnly);
+        }
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         let result = (|| {
             let mut local = Local { store: self, ops: Vec::new(), now_ms, staged: BTreeMap::new() };

@@ -1,13 +1,14 @@
 //! `till backup ...`: create, list, verify, prune and restore.
 
-use crate::cli::{BackupCmd, BackupKeyArgs, TlsArgs};
+use crate::cli::{BackupCmd, BackupKeyArgs, S3Args, TlsArgs};
 use crate::node::{now_ms, open, os_ids};
 use crate::output;
 use anyhow::{Result, anyhow, bail};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use tillsync_backup::{Folder, Key, Unlock};
+use std::path::Path;
+use tillsync_backup::s3::S3Options;
+use tillsync_backup::{Destination, Key, Unlock};
 use tillsync_node::config::Config;
 
 fn read_secret(f: &Path) -> Result<String> {
@@ -48,73 +49,123 @@ fn unlock_for(args: &BackupKeyArgs) -> Result<Unlock> {
     }
 }
 
-/// Prints a progress line on a terminal (stderr), nothing otherwise.
-fn progress(what: &'static str) -> impl FnMut(u64, u64) {
-    let tty = std::io::stderr().is_terminal();
-    let mut last = 0u64;
-    move |done, total| {
-        if !tty || total == 0 {
-            return;
+/// S3 settings for `s3://` destinations: flags first, then the till's
+/// config, then the usual AWS environment variables.
+pub fn s3_options(args: &S3Args, config: Option<&Config>) -> S3Options {
+    let conf = |f: fn(&Config) -> &str| config.map(f).filter(|v| !v.is_empty());
+    S3Options::resolve(
+        args.s3_endpoint.as_deref().or_else(|| conf(|c| &c.backup.s3_endpoint)),
+        args.s3_region.as_deref().or_else(|| conf(|c| &c.backup.s3_region)),
+    )
+}
+
+/// The destination at an address: a folder or `s3://bucket/prefix`.
+pub fn destination(addr: &str, s3: &S3Args, config: Option<&Config>) -> Result<Box<dyn Destination>> {
+    if addr.is_empty() {
+        bail!("the destination is empty: give a folder or s3://BUCKET/PREFIX");
+    }
+    Ok(tillsync_backup::destination(addr, &s3_options(s3, config))?)
+}
+
+/// A byte progress bar on stderr while it is a terminal; cleared when the
+/// work ends. Nothing at all otherwise, so scripts see no extra output.
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new(what: &'static str) -> Bar {
+        if !std::io::stderr().is_terminal() {
+            return Bar(None);
         }
-        let pct = done * 100 / total;
-        if pct != last || done == total {
-            last = pct;
-            eprint!("\r{what}: {pct:>3}% ({} of {} MB)", done >> 20, total >> 20);
-            if done >= total {
-                eprintln!();
+        // Hidden until the first report, so no empty bar flashes first.
+        let b = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::hidden());
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg:8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("a fixed template")
+        .progress_chars("=> ");
+        b.set_style(style);
+        b.set_message(what);
+        Bar(Some(b))
+    }
+
+    fn set(&self, done: u64, total: u64) {
+        if let Some(b) = &self.0 {
+            if b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
+            b.set_length(total);
+            b.set_position(done);
         }
     }
 }
 
+impl Drop for Bar {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// A progress callback for the library: a bar on a terminal.
+fn progress(what: &'static str) -> impl FnMut(u64, u64) {
+    let bar = Bar::new(what);
+    move |done, total| bar.set(done, total)
+}
+
 /// Creates a backup of a till (used by the command and the schedule).
-pub fn create_backup(dir: &Path, to: &Path, key: &Key, tty: bool) -> Result<tillsync_backup::Manifest> {
-    let dest = Folder { dir: to.to_path_buf() };
+pub fn create_backup(
+    dir: &Path,
+    to: &str,
+    s3: &S3Args,
+    config: &Config,
+    key: &Key,
+    tty: bool,
+) -> Result<tillsync_backup::Manifest> {
+    let dest = destination(to, s3, Some(config))?;
     let db = dir.join(tillsync_store::DB_FILE);
     if !db.exists() {
         bail!("{} is not a till: nothing to back up", dir.display());
     }
-    let p = progress("backup");
     let m = if tty {
-        tillsync_backup::create(&db, &dest, key, dir, now_ms(), p)?
+        tillsync_backup::create(&db, dest.as_ref(), key, dir, now_ms(), progress("backup"))?
     } else {
-        tillsync_backup::create(&db, &dest, key, dir, now_ms(), |_, _| {})?
+        tillsync_backup::create(&db, dest.as_ref(), key, dir, now_ms(), |_, _| {})?
     };
     Ok(m)
 }
 
 pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
     match cmd {
-        BackupCmd::Create { data, to, key } => {
+        BackupCmd::Create { data, to, key, s3 } => {
             open(&data.data)?;
             let config = Config::load(&data.data)?;
             let to = match to {
                 Some(t) => t,
-                None if !config.backup.destination.is_empty() => PathBuf::from(&config.backup.destination),
+                None if !config.backup.destination.is_empty() => config.backup.destination.clone(),
                 None => bail!(
-                    "say where the backup goes: --to FOLDER (or `till config set --data DIR backup.destination FOLDER`)"
+                    "say where the backup goes: --to FOLDER or --to s3://BUCKET/PREFIX (or `till config set --data DIR backup.destination FOLDER`)"
                 ),
             };
             let key = key_for(&key, Some(&config))?;
-            let m = create_backup(&data.data, &to, &key, !j)?;
+            let m = create_backup(&data.data, &to, &s3, &config, &key, true)?;
             if j {
                 output::json(&m);
             } else {
                 println!(
-                    "backup {} written to {} ({} MB of data, {} MB stored, encrypted)",
+                    "backup {} written to {to} ({} MB of data, {} MB stored, encrypted)",
                     m.backup_id,
-                    to.display(),
                     m.plaintext_bytes >> 20,
                     m.stored_bytes >> 20
                 );
             }
         }
-        BackupCmd::List { from } => {
-            let all = tillsync_backup::Destination::list(&Folder { dir: from.clone() })?;
+        BackupCmd::List { from, s3 } => {
+            let all = destination(&from, &s3, None)?.list()?;
             if j {
                 output::json(&all);
             } else if all.is_empty() {
-                println!("no backups in {}", from.display());
+                println!("no backups in {from}");
             } else {
                 for m in all {
                     println!(
@@ -124,26 +175,33 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
                 }
             }
         }
-        BackupCmd::Verify { from, id, key } => {
+        BackupCmd::Verify { from, id, key, s3 } => {
             let unlock = unlock_for(&key)?;
-            let dest = Folder { dir: from.clone() };
+            let dest = destination(&from, &s3, None)?;
             let work = std::env::temp_dir();
-            let v = tillsync_backup::verify(&dest, id.as_deref(), &unlock, &work)?;
+            let v = tillsync_backup::verify_with_progress(
+                dest.as_ref(),
+                id.as_deref(),
+                &unlock,
+                &work,
+                progress("verify"),
+            )?;
             if j {
                 output::json(&v);
             } else {
                 println!("backup {} is good: digests match, integrity {}, {} sales", v.backup_id, v.integrity, v.sales);
             }
         }
-        BackupCmd::Prune { from, keep } => {
+        BackupCmd::Prune { from, keep, s3 } => {
             if keep == 0 {
                 bail!("--keep 0 would delete every backup: keep at least 1");
             }
-            let removed = tillsync_backup::prune(&Folder { dir: from }, keep)?;
+            let removed = tillsync_backup::prune(destination(&from, &s3, None)?.as_ref(), keep)?;
             if j { output::json(&json!({"removed": removed})) } else { println!("removed {} backups", removed.len()) }
         }
-        BackupCmd::Restore { from, id, into, key, code, tls } => {
-            restore(&from, id.as_deref(), &into, &key, code.as_deref(), &tls, j)?
+        BackupCmd::Restore { from, id, into, key, code, tls, s3 } => {
+            let dest = destination(&from, &s3, None)?;
+            restore(dest.as_ref(), id.as_deref(), &into, &key, code.as_deref(), &tls, j)?
         }
     }
     Ok(())
@@ -155,7 +213,7 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
 /// recognised by their own ids where the hub already has them; the rest
 /// arrives by bootstrap and delta pull.
 fn restore(
-    from: &Path,
+    dest: &dyn Destination,
     id: Option<&str>,
     into: &Path,
     key: &BackupKeyArgs,
@@ -164,13 +222,12 @@ fn restore(
     j: bool,
 ) -> Result<()> {
     let unlock = unlock_for(key)?;
-    let dest = Folder { dir: from.to_path_buf() };
     if into.join(tillsync_store::DB_FILE).exists() {
         bail!("{} already holds a till: restore into a new folder", into.display());
     }
-    let m = tillsync_backup::pick(&dest, id)?;
+    let m = tillsync_backup::pick(dest, id)?;
     if m.mode != "hub" {
-        tillsync_backup::restore_files(&dest, Some(&m.backup_id), &unlock, into, progress("restore"))?;
+        tillsync_backup::restore_files(dest, Some(&m.backup_id), &unlock, into, progress("restore"))?;
         let store = open(into)?;
         if j {
             output::json(
@@ -191,7 +248,7 @@ fn restore(
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    tillsync_backup::restore_files(&dest, Some(&m.backup_id), &unlock, &staging, progress("restore"))?;
+    tillsync_backup::restore_files(dest, Some(&m.backup_id), &unlock, &staging, progress("restore"))?;
     let result = (|| -> Result<serde_json::Value> {
         let old = open(&staging)?;
         let url =

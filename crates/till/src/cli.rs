@@ -379,6 +379,22 @@ pub enum HubCmd {
         #[arg(long)]
         store: String,
     },
+    /// Rebuild a store's till state as it was at a moment (hub receive
+    /// time) from the change log, into a new read-only till folder.
+    Export {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        store: String,
+        /// The moment: RFC 3339 (2025-03-01T17:30:00Z, or with an offset) or milliseconds since the epoch.
+        #[arg(long)]
+        at: String,
+        /// The new folder (must not exist); open it with `till status|sales list|report --data DIR`.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -461,43 +477,71 @@ pub struct BackupKeyArgs {
     pub identity: Option<PathBuf>,
 }
 
+/// How to reach S3-compatible storage (for `s3://` destinations). Unset
+/// flags come from the till's config (`backup.s3_endpoint`,
+/// `backup.s3_region`), then from `AWS_ENDPOINT_URL` and `AWS_REGION` /
+/// `AWS_DEFAULT_REGION`; the keys always come from `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` (and `AWS_SESSION_TOKEN`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint URL for S3-compatible servers, e.g. https://s3.example.net (default: AWS).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: us-east-1).
+    #[arg(long)]
+    pub s3_region: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum BackupCmd {
     /// Back up a till while it keeps selling.
     Create {
         #[command(flatten)]
         data: Data,
-        /// A folder (default: backup.destination from the config).
+        /// A folder or s3://BUCKET/PREFIX (default: backup.destination from the config).
         #[arg(long)]
-        to: Option<PathBuf>,
+        to: Option<String>,
         #[command(flatten)]
         key: BackupKeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// List the backups at a destination, oldest first.
     List {
+        /// A folder or s3://BUCKET/PREFIX.
         #[arg(long)]
-        from: PathBuf,
+        from: String,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Download, decrypt and check a backup (digests and SQLite integrity).
     Verify {
+        /// A folder or s3://BUCKET/PREFIX.
         #[arg(long)]
-        from: PathBuf,
+        from: String,
         /// Backup id (default: the newest).
         id: Option<String>,
         #[command(flatten)]
         key: BackupKeyArgs,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Keep only the newest N backups.
     Prune {
+        /// A folder or s3://BUCKET/PREFIX.
         #[arg(long)]
-        from: PathBuf,
+        from: String,
+        /// How many backups to keep (at least 1).
         #[arg(long)]
         keep: usize,
+        #[command(flatten)]
+        s3: S3Args,
     },
     /// Rebuild a till from a backup into a new folder.
     Restore {
+        /// A folder or s3://BUCKET/PREFIX.
         #[arg(long)]
-        from: PathBuf,
+        from: String,
         /// Backup id (default: the newest).
         id: Option<String>,
         /// The new till folder (must not hold a till).
@@ -510,6 +554,8 @@ pub enum BackupCmd {
         code: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        s3: S3Args,
     },
 }
 

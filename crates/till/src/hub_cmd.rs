@@ -207,7 +207,46 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             }
             Ok(())
         }
+        HubCmd::Export { data, tenant, store, at, out } => {
+            let at_ms = parse_time(&at)?;
+            let Some(dir) = &data.data else {
+                bail!(
+                    "till hub export reads a hub data folder (--data DIR); a PostgreSQL hub cannot export a moment yet: restore the database (pg_dump or point-in-time recovery, see OPERATIONS.md) instead"
+                );
+            };
+            let e = SqliteHub::open(dir, os_ids())?.export_at(
+                uuid(&tenant, "tenant")?,
+                uuid(&store, "store")?,
+                at_ms,
+                &out,
+            )?;
+            if j {
+                output::json(&e);
+            } else {
+                println!(
+                    "store {} as of {at} written to {} (read-only): {} log entries up to then, {} later left out; digest {}",
+                    e.store_id,
+                    out.display(),
+                    e.entries,
+                    e.entries_after,
+                    e.state_digest
+                );
+            }
+            Ok(())
+        }
     }
+}
+
+/// A moment as milliseconds since the epoch: RFC 3339 or plain milliseconds.
+fn parse_time(at: &str) -> Result<u64> {
+    let at = at.trim();
+    if let Ok(ms) = at.parse::<u64>() {
+        return Ok(ms);
+    }
+    let t: jiff::Timestamp = at.parse().map_err(|e| {
+        anyhow!("'{at}' is not a time: use RFC 3339 (2025-03-01T17:30:00Z) or milliseconds since the epoch ({e})")
+    })?;
+    u64::try_from(t.as_millisecond()).map_err(|_| anyhow!("'{at}' is before 1970"))
 }
 
 /// Serves until Ctrl-C or SIGTERM. Prints the bound address first, so a

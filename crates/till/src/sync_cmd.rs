@@ -291,10 +291,12 @@ async fn scheduled_backups(dir: std::path::PathBuf, config: Config) {
         let (dir2, config2) = (dir.clone(), config.clone());
         let r = tokio::task::spawn_blocking(move || -> Result<String> {
             let key = crate::backup_cmd::key_for(&crate::cli::BackupKeyArgs::default(), Some(&config2))?;
-            let to = std::path::PathBuf::from(&config2.backup.destination);
-            let m = crate::backup_cmd::create_backup(&dir2, &to, &key, false)?;
+            let to = &config2.backup.destination;
+            let s3 = crate::cli::S3Args::default();
+            let m = crate::backup_cmd::create_backup(&dir2, to, &s3, &config2, &key, false)?;
             if config2.backup.keep > 0 {
-                tillsync_backup::prune(&tillsync_backup::Folder { dir: to }, config2.backup.keep as usize)?;
+                let dest = crate::backup_cmd::destination(to, &s3, Some(&config2))?;
+                tillsync_backup::prune(dest.as_ref(), config2.backup.keep as usize)?;
             }
             Ok(m.backup_id)
         })

@@ -10,8 +10,9 @@ use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
-use tillsync_backup::{Destination, Folder, Key, Unlock};
+use std::path::Path;
+use tillsync_backup::s3::S3Options;
+use tillsync_backup::{Key, Unlock};
 use tillsync_core::Lane;
 use tillsync_core::schema::tables;
 use tillsync_node::config::Config;
@@ -25,6 +26,13 @@ fn read_secret(f: &str) -> Result<String, UiError> {
         return Err(UiError::Invalid(format!("the passphrase file {f} is empty")));
     }
     Ok(s)
+}
+
+/// The configured destination: a folder or `s3://bucket/prefix` (S3
+/// settings from the config, else the AWS environment).
+fn destination(b: &tillsync_node::config::BackupConfig) -> Result<Box<dyn tillsync_backup::Destination>, UiError> {
+    let s3 = S3Options::resolve(Some(&b.s3_endpoint), Some(&b.s3_region));
+    Ok(tillsync_backup::destination(&b.destination, &s3)?)
 }
 
 fn no_destination() -> UiError {
@@ -48,7 +56,7 @@ pub async fn backups(State(st): State<UiState>, auth: Auth) -> Response {
                 pre { "till config set --data DIR backup.destination /mnt/usb/backups\ntill config set --data DIR backup.passphrase_file /root/pass.txt\ntill config set --data DIR backup.interval_s 3600   # scheduled in `till node run`" }
             });
         }
-        let mut list = Folder { dir: PathBuf::from(&b.destination) }.list().unwrap_or_default();
+        let mut list = destination(b).and_then(|d| Ok(d.list()?)).unwrap_or_default();
         list.reverse();
         Ok(html! {
             h1 { "Backups" }
@@ -104,11 +112,11 @@ pub async fn backup_create(State(st): State<UiState>, auth: Auth) -> Response {
                 "backups are always encrypted: set the passphrase file or an age recipient on the Settings page".into(),
             ));
         };
-        let dest = Folder { dir: PathBuf::from(&b.destination) };
+        let dest = destination(b)?;
         // The snapshot is a read transaction of its own: the till keeps selling meanwhile.
-        let m = tillsync_backup::create(&dir.join(tillsync_store::DB_FILE), &dest, &key, &dir, now, |_, _| {})?;
+        let m = tillsync_backup::create(&dir.join(tillsync_store::DB_FILE), dest.as_ref(), &key, &dir, now, |_, _| {})?;
         if b.keep > 0 {
-            tillsync_backup::prune(&dest, b.keep as usize)?;
+            tillsync_backup::prune(dest.as_ref(), b.keep as usize)?;
         }
         if let Ok(s) = store.lock() {
             let _ = s.set_meta("last_backup_at", &now.to_string());
@@ -143,8 +151,8 @@ pub async fn backup_verify(State(st): State<UiState>, auth: Auth, Form(f): Form<
             )));
         }
         let unlock = Unlock::Passphrase(read_secret(&b.passphrase_file)?);
-        let dest = Folder { dir: PathBuf::from(&b.destination) };
-        let v = tillsync_backup::verify(&dest, Some(&id), &unlock, &std::env::temp_dir())?;
+        let dest = destination(b)?;
+        let v = tillsync_backup::verify(dest.as_ref(), Some(&id), &unlock, &std::env::temp_dir())?;
         Ok(format!("backup {} is good: digests match, integrity {}, {} sales", v.backup_id, v.integrity, v.sales))
     })
     .await
