@@ -69,6 +69,18 @@ fn tls_config(ca_file: Option<&PathBuf>) -> Result<rustls::ClientConfig, SyncErr
         .with_no_client_auth())
 }
 
+/// Longest a backup upload or download may take, in milliseconds.
+pub const BACKUP_TIMEOUT_MS: u64 = 6 * 3_600_000;
+
+/// A backup file kept by the hub (`GET /v1/backups`).
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct BackupObjectInfo {
+    pub device_id: uuid::Uuid,
+    pub name: String,
+    pub bytes: u64,
+    pub modified_ms: u64,
+}
+
 impl HubClient {
     /// A client for the hub at `url` (https://..., or http:// on loopback).
     pub fn new(url: &str, token: Option<String>, opts: &ClientOptions) -> Result<HubClient, SyncError> {
@@ -142,6 +154,80 @@ impl HubClient {
             req = req.body(json);
         }
         self.send(req).await
+    }
+
+    /// Uploads a backup object of this device from a file, streamed (the
+    /// file is never read whole). Large uploads get a long timeout of
+    /// their own.
+    pub async fn put_backup(&self, name: &str, file: &std::path::Path) -> Result<(), SyncError> {
+        use tokio::io::AsyncReadExt;
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| SyncError::Config(format!("cannot read {}: {e}", file.display())))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let chunks = futures_util::stream::unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(buf), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+        let req = self
+            .request(reqwest::Method::PUT, &format!("/v1/backups/{name}"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(Duration::from_millis(BACKUP_TIMEOUT_MS))
+            .body(reqwest::Body::wrap_stream(chunks));
+        let _: serde_json::Value = self.send(req).await?;
+        Ok(())
+    }
+
+    /// Uploads a small backup file (a manifest) from memory.
+    pub async fn put_backup_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<(), SyncError> {
+        let req = self
+            .request(reqwest::Method::PUT, &format!("/v1/backups/{name}"))
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(bytes);
+        let _: serde_json::Value = self.send(req).await?;
+        Ok(())
+    }
+
+    /// Lists backup objects: this device's (`path` = `/v1/backups`) or, with
+    /// an admin token, the tenant's (`/v1/admin/backups[?device=ID]`).
+    pub async fn list_backups(&self, path: &str) -> Result<Vec<BackupObjectInfo>, SyncError> {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// Fetches a backup file: the response, streamed by the caller.
+    pub async fn get_backup(&self, path: &str) -> Result<reqwest::Response, SyncError> {
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .timeout(Duration::from_millis(BACKUP_TIMEOUT_MS))
+            .send()
+            .await
+            .map_err(SyncError::from_reqwest)?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let body = resp.bytes().await.unwrap_or_default();
+        let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+            code: "http".into(),
+            message: format!("the hub answered {status}"),
+            expected: None,
+        });
+        Err(SyncError::Hub { status: status.as_u16(), code: err.code, message: err.message })
+    }
+
+    /// Deletes one of this device's backup files.
+    pub async fn delete_backup(&self, name: &str) -> Result<(), SyncError> {
+        let _: serde_json::Value =
+            self.send(self.request(reqwest::Method::DELETE, &format!("/v1/backups/{name}"))).await?;
+        Ok(())
     }
 
     /// Whether the hub answers its health check with the expected body.

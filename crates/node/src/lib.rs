@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod attach;
+pub mod backups;
 pub mod client;
 pub mod config;
 pub mod metrics;

@@ -59,12 +59,45 @@ pub fn s3_options(args: &S3Args, config: Option<&Config>) -> S3Options {
     )
 }
 
-/// The destination at an address: a folder or `s3://bucket/prefix`.
-pub fn destination(addr: &str, s3: &S3Args, config: Option<&Config>) -> Result<Box<dyn Destination>> {
+/// The destination at an address: a folder, `s3://bucket/prefix`, or
+/// `hub`: the till's own hub (with `till`, or `--till DIR`) or, once the
+/// till is gone, a hub read with the tenant's admin token (`--hub URL
+/// --token ADMIN_TOKEN [--device ID]`).
+pub fn destination(
+    addr: &str,
+    s3: &S3Args,
+    config: Option<&Config>,
+    till: Option<&Path>,
+) -> Result<Box<dyn Destination>> {
     if addr.is_empty() {
-        bail!("the destination is empty: give a folder or s3://BUCKET/PREFIX");
+        bail!("the destination is empty: give a folder, s3://BUCKET/PREFIX or hub");
     }
-    Ok(tillsync_backup::destination(addr, &s3_options(s3, config))?)
+    if addr != tillsync_node::backups::HUB_ADDR {
+        return Ok(tillsync_backup::destination(addr, &s3_options(s3, config))?);
+    }
+    use tillsync_node::backups::{HubBackups, HubBackupsAs};
+    if let Some(url) = &s3.hub {
+        let Some(token) = &s3.token else {
+            bail!(
+                "reading backups from the hub needs the tenant's admin token: --token ADMIN_TOKEN (or TILL_ADMIN_TOKEN)"
+            );
+        };
+        let device = match &s3.device {
+            Some(d) => Some(
+                uuid::Uuid::parse_str(d).map_err(|_| anyhow!("'{d}' is not a device id: see `till devices list`"))?,
+            ),
+            None => None,
+        };
+        let opts = tillsync_node::ClientOptions { ca_file: s3.hub_ca.clone(), ..Default::default() };
+        let client = tillsync_node::HubClient::new(url, Some(token.clone()), &opts)?;
+        return Ok(Box::new(HubBackups::new(client, HubBackupsAs::Admin { device })?));
+    }
+    let Some(dir) = till.or(s3.till.as_deref()) else {
+        bail!(
+            "`hub` as a destination needs the till (--till DIR) or, once the till is gone, --hub URL --token ADMIN_TOKEN"
+        );
+    };
+    Ok(tillsync_node::backups::destination_for_till(addr, &s3_options(s3, config), dir)?)
 }
 
 /// A byte progress bar on stderr while it is a terminal; cleared when the
@@ -122,7 +155,7 @@ pub fn create_backup(
     key: &Key,
     tty: bool,
 ) -> Result<tillsync_backup::Manifest> {
-    let dest = destination(to, s3, Some(config))?;
+    let dest = destination(to, s3, Some(config), Some(dir))?;
     let db = dir.join(tillsync_store::DB_FILE);
     if !db.exists() {
         bail!("{} is not a till: nothing to back up", dir.display());
@@ -161,7 +194,7 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
             }
         }
         BackupCmd::List { from, s3 } => {
-            let all = destination(&from, &s3, None)?.list()?;
+            let all = destination(&from, &s3, None, None)?.list()?;
             if j {
                 output::json(&all);
             } else if all.is_empty() {
@@ -177,7 +210,7 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
         }
         BackupCmd::Verify { from, id, key, s3 } => {
             let unlock = unlock_for(&key)?;
-            let dest = destination(&from, &s3, None)?;
+            let dest = destination(&from, &s3, None, None)?;
             let work = std::env::temp_dir();
             let v = tillsync_backup::verify_with_progress(
                 dest.as_ref(),
@@ -196,11 +229,11 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
             if keep == 0 {
                 bail!("--keep 0 would delete every backup: keep at least 1");
             }
-            let removed = tillsync_backup::prune(destination(&from, &s3, None)?.as_ref(), keep)?;
+            let removed = tillsync_backup::prune(destination(&from, &s3, None, None)?.as_ref(), keep)?;
             if j { output::json(&json!({"removed": removed})) } else { println!("removed {} backups", removed.len()) }
         }
         BackupCmd::Restore { from, id, into, key, code, tls, s3 } => {
-            let dest = destination(&from, &s3, None)?;
+            let dest = destination(&from, &s3, None, None)?;
             restore(dest.as_ref(), id.as_deref(), &into, &key, code.as_deref(), &tls, j)?
         }
     }

@@ -490,6 +490,21 @@ pub struct S3Args {
     /// S3 region (default: us-east-1).
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// With `hub` as the destination, on the till: its data folder (its hub and device token).
+    #[arg(long)]
+    pub till: Option<PathBuf>,
+    /// With `--from hub` once the till is gone: the hub's URL (with --token, the admin token).
+    #[arg(long)]
+    pub hub: Option<String>,
+    /// With `--from hub --hub URL`: the tenant's admin token.
+    #[arg(long, env = "TILL_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With `--from hub --hub URL`: only this device's backups.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// With `--from hub --hub URL`: PEM file with the hub's CA certificate.
+    #[arg(long)]
+    pub hub_ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

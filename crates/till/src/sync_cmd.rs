@@ -295,7 +295,7 @@ async fn scheduled_backups(dir: std::path::PathBuf, config: Config) {
             let s3 = crate::cli::S3Args::default();
             let m = crate::backup_cmd::create_backup(&dir2, to, &s3, &config2, &key, false)?;
             if config2.backup.keep > 0 {
-                let dest = crate::backup_cmd::destination(to, &s3, Some(&config2))?;
+                let dest = crate::backup_cmd::destination(to, &s3, Some(&config2), Some(&dir2))?;
                 tillsync_backup::prune(dest.as_ref(), config2.backup.keep as usize)?;
             }
             Ok(m.backup_id)

@@ -241,6 +241,7 @@ struct Hub {
     url: String,
     dir: PathBuf,
     tenant: String,
+    admin: String,
     store: String,
 }
 
@@ -248,6 +249,7 @@ impl Hub {
     fn start(dir: &Path) -> Hub {
         let t = ok(&["hub", "tenant", "create", "Cafe", "--sample", "--data", p(dir), "--json"]);
         let tenant = t["tenant_id"].as_str().unwrap().to_string();
+        let admin = t["admin_token"].as_str().unwrap().to_string();
         let s = ok(&["hub", "store", "create", "--tenant", &tenant, "Main", "--data", p(dir), "--json"]);
         let mut child = Command::new(BIN)
             .args(["hub", "serve", "--data", p(dir), "--listen", "127.0.0.1:0", "--json"])
@@ -263,6 +265,7 @@ impl Hub {
             url,
             dir: dir.to_path_buf(),
             tenant,
+            admin,
             store: s["store_id"].as_str().unwrap().to_string(),
         }
     }
@@ -427,4 +430,81 @@ fn a_standalone_till_attaches_to_a_hub_with_its_history() {
     // Attaching twice is refused.
     let e = fails(&["node", "attach", "--data", p(&solo), "--hub", &hub.url, "--code", &hub.code()]);
     assert!(e.contains("already syncs"), "{e}");
+}
+
+#[test]
+fn backups_kept_by_the_hub_outlive_the_till_and_count_in_its_quota() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = Hub::start(&tmp.path().join("hub"));
+    let a = tmp.path().join("a");
+    ok(&["node", "init", "--data", p(&a), "--hub", &hub.url, "--code", &hub.code(), "--json"]);
+    let pw = pass(tmp.path(), "pw", "correct horse battery staple");
+    let sale = |d: &Path| ok(&["sale", "--data", p(d), "--item", "ESPRESSO", "--pay", "cash", "--json"]);
+    sale(&a);
+    let create =
+        |d: &Path| ok(&["backup", "create", "--data", p(d), "--to", "hub", "--passphrase-file", p(&pw), "--json"]);
+    let first = create(&a);
+    sale(&a);
+    let second = create(&a);
+    ok(&["sync", "--data", p(&a), "--json"]);
+    // The till sees its own backups on the hub; usage counts them.
+    let list = ok(&["backup", "list", "--from", "hub", "--till", p(&a), "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let usage = ok(&["hub", "usage", "--tenant", &hub.tenant, "--data", p(&hub.dir), "--json"]);
+    let stored = first["stored_bytes"].as_u64().unwrap() + second["stored_bytes"].as_u64().unwrap();
+    assert!(usage["backup_bytes"].as_u64().unwrap() >= stored, "usage counts the backups: {usage}");
+    // Past the tenant's backup quota, a backup is refused clearly and
+    // leaves nothing listed.
+    ok(&["hub", "quota", "--tenant", &hub.tenant, "--backup-bytes", "1000", "--data", p(&hub.dir), "--json"]);
+    let e = fails(&["backup", "create", "--data", p(&a), "--to", "hub", "--passphrase-file", p(&pw)]);
+    assert!(e.contains("quota"), "{e}");
+    assert_eq!(ok(&["backup", "list", "--from", "hub", "--till", p(&a), "--json"]).as_array().unwrap().len(), 2);
+    ok(&["hub", "quota", "--tenant", &hub.tenant, "--backup-bytes", "0", "--data", p(&hub.dir), "--json"]);
+    // Retention on the hub, from the till.
+    ok(&["backup", "prune", "--from", "hub", "--till", p(&a), "--keep", "1", "--json"]);
+    let list = ok(&["backup", "list", "--from", "hub", "--till", p(&a), "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let device = ok(&["status", "--data", p(&a), "--json"])["device_id"].as_str().unwrap().to_string();
+    let want = digest(&a);
+
+    // The till is gone: the owner finds, verifies and restores its backup
+    // with the tenant's admin token.
+    std::fs::remove_dir_all(&a).unwrap();
+    let admin = ["--from", "hub", "--hub", hub.url.as_str(), "--token", hub.admin.as_str()];
+    let mut args = vec!["backup", "list"];
+    args.extend(admin);
+    args.push("--json");
+    let list = ok(&args);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["device_id"].as_str(), Some(device.as_str()));
+    assert_eq!(list[0]["backup_id"], second["backup_id"], "the newest was kept");
+    let mut args = vec!["backup", "verify"];
+    args.extend(admin);
+    args.extend(["--passphrase-file", p(&pw), "--json"]);
+    ok(&args);
+    // Another tenant's admin token sees nothing of it.
+    let other = ok(&["hub", "tenant", "create", "Other", "--data", p(&hub.dir), "--json"]);
+    let list = ok(&[
+        "backup",
+        "list",
+        "--from",
+        "hub",
+        "--hub",
+        &hub.url,
+        "--token",
+        other["admin_token"].as_str().unwrap(),
+        "--json",
+    ]);
+    assert!(list.as_array().unwrap().is_empty(), "{list}");
+    // Restored as a new device; after syncing it holds what the till had.
+    let r = tmp.path().join("restored");
+    let code = hub.code();
+    let mut args = vec!["backup", "restore"];
+    args.extend(admin);
+    args.extend(["--into", p(&r), "--passphrase-file", p(&pw), "--code", &code, "--json"]);
+    ok(&args);
+    ok(&["sync", "--data", p(&r), "--json"]);
+    assert_eq!(digest(&r), want);
+    assert_eq!(digest(&r), hub.digest());
 }

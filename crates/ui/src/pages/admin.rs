@@ -30,9 +30,12 @@ fn read_secret(f: &str) -> Result<String, UiError> {
 
 /// The configured destination: a folder or `s3://bucket/prefix` (S3
 /// settings from the config, else the AWS environment).
-fn destination(b: &tillsync_node::config::BackupConfig) -> Result<Box<dyn tillsync_backup::Destination>, UiError> {
+fn destination(
+    b: &tillsync_node::config::BackupConfig,
+    till: &std::path::Path,
+) -> Result<Box<dyn tillsync_backup::Destination>, UiError> {
     let s3 = S3Options::resolve(Some(&b.s3_endpoint), Some(&b.s3_region));
-    Ok(tillsync_backup::destination(&b.destination, &s3)?)
+    Ok(tillsync_node::backups::destination_for_till(&b.destination, &s3, till)?)
 }
 
 fn no_destination() -> UiError {
@@ -56,7 +59,7 @@ pub async fn backups(State(st): State<UiState>, auth: Auth) -> Response {
                 pre { "till config set --data DIR backup.destination /mnt/usb/backups\ntill config set --data DIR backup.passphrase_file /root/pass.txt\ntill config set --data DIR backup.interval_s 3600   # scheduled in `till node run`" }
             });
         }
-        let mut list = destination(b).and_then(|d| Ok(d.list()?)).unwrap_or_default();
+        let mut list = destination(b, &dir).and_then(|d| Ok(d.list()?)).unwrap_or_default();
         list.reverse();
         Ok(html! {
             h1 { "Backups" }
@@ -112,7 +115,7 @@ pub async fn backup_create(State(st): State<UiState>, auth: Auth) -> Response {
                 "backups are always encrypted: set the passphrase file or an age recipient on the Settings page".into(),
             ));
         };
-        let dest = destination(b)?;
+        let dest = destination(b, &dir)?;
         // The snapshot is a read transaction of its own: the till keeps selling meanwhile.
         let m = tillsync_backup::create(&dir.join(tillsync_store::DB_FILE), dest.as_ref(), &key, &dir, now, |_, _| {})?;
         if b.keep > 0 {
@@ -151,7 +154,7 @@ pub async fn backup_verify(State(st): State<UiState>, auth: Auth, Form(f): Form<
             )));
         }
         let unlock = Unlock::Passphrase(read_secret(&b.passphrase_file)?);
-        let dest = destination(b)?;
+        let dest = destination(b, &dir)?;
         let v = tillsync_backup::verify(dest.as_ref(), Some(&id), &unlock, &std::env::temp_dir())?;
         Ok(format!("backup {} is good: digests match, integrity {}, {} sales", v.backup_id, v.integrity, v.sales))
     })
