@@ -49,9 +49,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x7469_6c6c_7379_6e63;
 
 /// Versioned migrations, applied in order, each once, in one transaction
 /// under [`MIGRATION_LOCK_KEY`]. Never edit a shipped one: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE tenants(
     id uuid PRIMARY KEY,
     name text NOT NULL,
@@ -135,7 +136,19 @@ CREATE TABLE hub_base(
     ops text NOT NULL
 );
 "#,
-)];
+    ),
+    // The log chain (as on the SQLite hub): each entry's hash over every
+    // entry before it, so a till's tagged cursor is checked against the log
+    // it came from and a database restored to an earlier point is noticed.
+    (
+        2,
+        r#"
+ALTER TABLE hub_log ADD COLUMN chain text;
+ALTER TABLE tenants ADD COLUMN chain text NOT NULL DEFAULT '';
+ALTER TABLE tenants ADD COLUMN horizon_chain text;
+"#,
+    ),
+];
 
 /// Tenants whose merged state a process keeps in memory; past it the cache
 /// starts again (it is rebuilt from the log on demand).
@@ -270,15 +283,23 @@ impl LogRows {
         self.ops.push(json);
     }
 
+    /// Writes the rows with their log chain. The caller holds the tenant's
+    /// row lock, so the tenant's chain cannot move meanwhile.
     fn write(&self, tx: &mut impl GenericClient, tenant: Uuid, now_ms: u64) -> Result<(), HubError> {
         if self.pos.is_empty() {
             return Ok(());
         }
+        let mut prev: String = tx.query_one("SELECT chain FROM tenants WHERE id = $1", &[&tenant])?.get(0);
+        let mut chains = Vec::with_capacity(self.pos.len());
+        for i in 0..self.pos.len() {
+            prev = sha(&format!("{prev}\n{}\n{}\n{}\n{}", self.device[i], self.lane[i], self.seq[i], self.ops[i]));
+            chains.push(prev.clone());
+        }
         tx.execute(
-            "INSERT INTO hub_log(tenant_id, pos, store_id, device, lane, seq, ops, bytes, received_ms)
-             SELECT $1, p, s, d, l, q, o, b, $9
-             FROM unnest($2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::text[], $8::bigint[])
-                  AS u(p, s, d, l, q, o, b)",
+            "INSERT INTO hub_log(tenant_id, pos, store_id, device, lane, seq, ops, bytes, received_ms, chain)
+             SELECT $1, p, s, d, l, q, o, b, $9, c
+             FROM unnest($2::bigint[], $3::uuid[], $4::uuid[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $10::text[])
+                  AS u(p, s, d, l, q, o, b, c)",
             &[
                 &tenant,
                 &self.pos,
@@ -289,8 +310,10 @@ impl LogRows {
                 &self.ops,
                 &self.bytes,
                 &(now_ms as i64),
+                &chains,
             ],
         )?;
+        tx.execute("UPDATE tenants SET chain = $2 WHERE id = $1", &[&tenant, &prev])?;
         Ok(())
     }
 }
@@ -569,6 +592,27 @@ impl PgHub {
     }
 
     /// The merged state caught up to the committed end of the log.
+    /// The log chain at a position (the entry's, or the one kept at the
+    /// compaction horizon); `None` when unknown (then no tag is given and
+    /// the till's next pull is not checked).
+    fn chain_at(&self, tenant: Uuid, pos: u64) -> Result<Option<String>, HubError> {
+        if pos == 0 {
+            return Ok(None);
+        }
+        let mut c = self.conn()?;
+        let row =
+            c.query_opt("SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2", &[&tenant, &(pos as i64)])?;
+        Ok(match row {
+            Some(r) => r.get(0),
+            None => c
+                .query_opt(
+                    "SELECT horizon_chain FROM tenants WHERE id = $1 AND horizon = $2",
+                    &[&tenant, &(pos as i64)],
+                )?
+                .and_then(|r| r.get(0)),
+        })
+    }
+
     fn with_merged<T>(&self, tenant: Uuid, f: impl FnOnce(&Store, u64) -> Result<T, HubError>) -> Result<T, HubError> {
         let mut c = self.conn()?;
         let m = self.merged(tenant)?;
@@ -854,6 +898,7 @@ impl PgHub {
         &self,
         dev: &DeviceAuth,
         after: u64,
+        tag: Option<&str>,
         limit_len: usize,
         now_ms: u64,
     ) -> Result<PullResponse, HubError> {
@@ -865,9 +910,10 @@ impl PgHub {
         let mut tx =
             c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start()?;
         let row = tx
-            .query_opt("SELECT last_pos, horizon FROM tenants WHERE id = $1", &[&dev.tenant_id])?
+            .query_opt("SELECT last_pos, horizon, chain, horizon_chain FROM tenants WHERE id = $1", &[&dev.tenant_id])?
             .ok_or_else(|| HubError::NotFound(format!("tenant {}", dev.tenant_id)))?;
         let (last_pos, horizon) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
+        let (last_chain, horizon_chain): (String, Option<String>) = (row.get(2), row.get(3));
         if after < horizon {
             return Err(HubError::bad(
                 "cursor_expired",
@@ -876,12 +922,51 @@ impl PgHub {
                 ),
             ));
         }
+        // The log chain at a position of this snapshot (`None`: unknown).
+        let chain_at = |tx: &mut postgres::Transaction<'_>, pos: u64| -> Result<Option<String>, HubError> {
+            if pos == 0 {
+                return Ok(None);
+            }
+            if pos == last_pos {
+                return Ok(Some(last_chain.clone()).filter(|c| !c.is_empty()));
+            }
+            let row = tx.query_opt(
+                "SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2",
+                &[&dev.tenant_id, &(pos as i64)],
+            )?;
+            Ok(match row {
+                Some(r) => r.get(0),
+                None if pos == horizon => horizon_chain.clone(),
+                None => None,
+            })
+        };
+        // A tagged cursor must name this log: past its end, or with another
+        // chain at its position, the database was restored to an earlier
+        // point and has since filled positions the till already passed.
+        if let Some(tag) = tag
+            && after > 0
+        {
+            let differs = after > last_pos || chain_at(&mut tx, after)?.is_some_and(|c| c != tag);
+            if differs {
+                return Err(HubError::bad(
+                    "cursor_expired",
+                    "the hub's log differs from the one this till pulled from (the hub was restored): bootstrap again from /v1/snapshot (your outbox is kept)",
+                ));
+            }
+        }
         let rows = tx.query(
             "SELECT pos, device, ops FROM hub_log
              WHERE tenant_id = $1 AND pos > $2 AND pos <= $3 AND (store_id IS NULL OR store_id = $4) AND device <> $5
              ORDER BY pos LIMIT $6",
             &[&dev.tenant_id, &(after as i64), &(last_pos as i64), &dev.store_id, &dev.device_id, &(limit as i64)],
         )?;
+        let more = rows.len() == limit;
+        let cursor = if more { rows.last().map_or(after, |r| r.get::<_, i64>(0) as u64) } else { last_pos.max(after) };
+        let cursor_tag = match chain_at(&mut tx, cursor)? {
+            Some(c) => Some(c),
+            None if cursor == after => tag.map(str::to_string),
+            None => None,
+        };
         tx.commit()?;
         let mut entries = Vec::with_capacity(rows.len());
         for r in rows {
@@ -891,11 +976,9 @@ impl PgHub {
                 ops: serde_json::from_str(r.get::<_, &str>(2))?,
             });
         }
-        let more = entries.len() == limit;
-        let cursor = if more { entries.last().map_or(after, |e| e.pos) } else { last_pos.max(after) };
         // An upper bound (other stores' entries are counted too).
         let remaining = if more { last_pos.saturating_sub(cursor) } else { 0 };
-        Ok(PullResponse { entries, cursor, more, remaining, hub_time_ms: now_ms, cursor_tag: None })
+        Ok(PullResponse { entries, cursor, more, remaining, hub_time_ms: now_ms, cursor_tag })
     }
 
     fn compact_inner(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError> {
@@ -919,8 +1002,18 @@ impl PgHub {
              ON CONFLICT (tenant_id) DO UPDATE SET pos = excluded.pos, ops = excluded.ops",
             &[&tenant, &(new_horizon as i64), &serde_json::to_string(&ops)?],
         )?;
+        // The chain at the horizon stays checkable after its entry goes.
+        let chain: Option<String> = tx
+            .query_opt(
+                "SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2",
+                &[&tenant, &(new_horizon as i64)],
+            )?
+            .and_then(|r| r.get(0));
         tx.execute("DELETE FROM hub_log WHERE tenant_id = $1 AND pos <= $2", &[&tenant, &(new_horizon as i64)])?;
-        tx.execute("UPDATE tenants SET horizon = $2 WHERE id = $1", &[&tenant, &(new_horizon as i64)])?;
+        tx.execute(
+            "UPDATE tenants SET horizon = $2, horizon_chain = coalesce($3, horizon_chain) WHERE id = $1",
+            &[&tenant, &(new_horizon as i64), &chain],
+        )?;
         tx.commit()?;
         Ok(new_horizon)
     }
@@ -1209,15 +1302,28 @@ impl HubStorage for PgHub {
     }
 
     fn pull(&self, dev: &DeviceAuth, after: u64, limit_len: usize, now_ms: u64) -> Result<PullResponse, HubError> {
-        off_runtime(|| self.pull_inner(dev, after, limit_len, now_ms))
+        off_runtime(|| self.pull_inner(dev, after, None, limit_len, now_ms))
+    }
+
+    fn pull_tagged(
+        &self,
+        dev: &DeviceAuth,
+        after: u64,
+        tag: Option<&str>,
+        limit_len: usize,
+        now_ms: u64,
+    ) -> Result<PullResponse, HubError> {
+        off_runtime(|| self.pull_inner(dev, after, tag, limit_len, now_ms))
     }
 
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {
         off_runtime(|| {
-            self.with_merged(dev.tenant_id, |store, cursor| {
+            let mut snap = self.with_merged(dev.tenant_id, |store, cursor| {
                 let ops = store.snapshot_ops(Some(dev.store_id))?;
                 Ok(Snapshot { cursor, cursor_tag: None, ops: ops.iter().map(WireOp::from).collect() })
-            })
+            })?;
+            snap.cursor_tag = self.chain_at(dev.tenant_id, snap.cursor)?;
+            Ok(snap)
         })
     }
 

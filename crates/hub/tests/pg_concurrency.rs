@@ -554,3 +554,60 @@ async fn the_hub_works_from_a_current_thread_runtime() {
     assert!(!hub.snapshot(&auth(&e)).unwrap().ops.is_empty());
     drop(hub);
 }
+
+/// A database restored to an earlier point (here: the log cut back to a
+/// position, with the tenant's counter and chain as they were there) that
+/// then fills the positions again: a till whose tagged cursor is past the
+/// cut is told `cursor_expired` instead of skipping the new entries.
+#[test]
+fn a_tagged_cursor_past_a_restored_log_expires_instead_of_skipping() {
+    let db = TestDatabase::create();
+    let hub = process(&db, 41);
+    let s = shop(&hub, false);
+    let (a, b) = (enrol(&hub, s.tenant, s.store, "a"), enrol(&hub, s.tenant, s.store, "b"));
+    let mut ta = till(&hub, &a, 1);
+    movement(&mut ta, 1);
+    push(&hub, &a, &ta);
+    // The restore point: the log as it is now.
+    let mut sql = postgres::Client::connect(&db.url, postgres::NoTls).unwrap();
+    let (cut, chain): (i64, String) = {
+        let r = sql.query_one("SELECT last_pos, chain FROM tenants WHERE id = $1", &[&s.tenant]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!chain.is_empty(), "the log has a chain");
+    movement(&mut ta, 2);
+    push(&hub, &a, &ta);
+    // B pulls everything, with tags, and holds a cursor past the cut.
+    let dev_b = auth(&b);
+    let page = hub.pull_tagged(&dev_b, 0, None, 1_000, now()).unwrap();
+    let (b_cursor, b_tag) = (page.cursor, page.cursor_tag.clone().expect("a tag with the cursor"));
+    assert!(b_cursor > cut as u64);
+    // Its tag is accepted as long as the log is the same.
+    hub.pull_tagged(&dev_b, b_cursor, Some(&b_tag), 1_000, now()).unwrap();
+    assert!(hub.pull_tagged(&dev_b, b_cursor, Some("0123"), 1_000, now()).is_err(), "a wrong tag is refused");
+    // Restore: the log after the cut is gone, the counter and chain as they were.
+    sql.execute("DELETE FROM hub_log WHERE tenant_id = $1 AND pos > $2", &[&s.tenant, &cut]).unwrap();
+    sql.execute("DELETE FROM hub_seqs WHERE tenant_id = $1 AND device = $2 AND seq > 1", &[&s.tenant, &a.device_id])
+        .unwrap();
+    sql.execute("UPDATE tenants SET last_pos = $2, chain = $3 WHERE id = $1", &[&s.tenant, &cut, &chain]).unwrap();
+    // A fresh process (no cache) on the restored database; another till's
+    // change takes the positions B already passed.
+    let hub = process(&db, 42);
+    let c = enrol(&hub, s.tenant, s.store, "c");
+    let mut tc = till(&hub, &c, 3);
+    let from_c = movement(&mut tc, 7);
+    movement(&mut tc, 8);
+    push(&hub, &c, &tc);
+    let (seen, _) = pull_from(&hub, &dev_b, cut as u64);
+    assert!(seen.contains(&from_c), "C's change is in the restored log");
+    // An untagged pull from B's cursor would skip C's first change; the
+    // tagged one is told to bootstrap again.
+    let plain = hub.pull(&dev_b, b_cursor, 1_000, now()).unwrap();
+    assert!(!insert_ids(&plain).contains(&from_c), "the naive pull skips it (this is what the tag prevents)");
+    let e = hub.pull_tagged(&dev_b, b_cursor, Some(&b_tag), 1_000, now()).unwrap_err();
+    assert_eq!(e.code(), "cursor_expired", "{e}");
+    // The snapshot B bootstraps from carries a tag that the next pull accepts.
+    let snap = hub.snapshot(&dev_b).unwrap();
+    let tag = snap.cursor_tag.expect("a snapshot tag");
+    hub.pull_tagged(&dev_b, snap.cursor, Some(&tag), 1_000, now()).unwrap();
+}
