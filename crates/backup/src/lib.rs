@@ -173,7 +173,12 @@ impl Destination for Folder {
         std::fs::create_dir_all(&self.dir).map_err(io("cannot create the backup folder"))?;
         let id = &manifest.backup_id;
         let tmp = self.dir.join(format!(".{id}.{OBJECT_EXT}.partial"));
-        std::fs::copy(object, &tmp).map_err(io("cannot write the backup"))?;
+        // The finished object is moved when the work folder and the
+        // destination share a filesystem (no second full write of it), and
+        // copied otherwise.
+        if std::fs::rename(object, &tmp).is_err() {
+            std::fs::copy(object, &tmp).map_err(io("cannot write the backup"))?;
+        }
         std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io("cannot sync the backup"))?;
         std::fs::rename(&tmp, self.dir.join(format!("{id}.{OBJECT_EXT}"))).map_err(io("cannot publish the backup"))?;
         let mtmp = self.dir.join(format!(".{id}.{MANIFEST_EXT}.partial"));
