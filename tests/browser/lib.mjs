@@ -102,9 +102,19 @@ export async function waitIndicator(page, re, timeoutMs = WAIT_MS) {
   throw new Error(`the sync indicator never matched ${re} within ${timeoutMs} ms; it says: ${text}`);
 }
 
-// Adds a product to the cart by clicking its catalogue button.
+// Adds a product to the cart by clicking its catalogue button, and waits
+// until the cart shows it (the cart is updated in place, asynchronously).
 export async function addProduct(page, name) {
+  const cart = page.getByRole('region', { name: 'Cart' }).or(page.locator('[aria-label="Cart"]')).first();
+  const before = await cart.innerText();
   await page.getByRole('button', { name: new RegExp('^' + name) }).first().click();
+  const start = Date.now();
+  for (;;) {
+    const now = await cart.innerText();
+    if (now !== before && now.includes(name)) break;
+    if (Date.now() - start > WAIT_MS) throw new Error(`the cart never showed ${name}`);
+    await page.waitForTimeout(50);
+  }
 }
 
 // The cart region's text.
