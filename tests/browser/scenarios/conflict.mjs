@@ -29,6 +29,9 @@ export default async function (c) {
     c.ui(1) + '/conflicts',
     async (p) => (await p.getByTestId('conflict').count()) === 0 && (await p.getByText('No open conflicts').count()) > 0,
     'the conflict disappears on the second till',
+    // After the hub's restart the live stream reconnects with a capped
+    // delay; the sync timer (10 s) is the fallback.
+    30_000,
   );
   await c.shot(b, 'resolved-there');
   const st = await c.call('wait_conflicts', 1, 0);

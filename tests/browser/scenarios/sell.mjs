@@ -23,8 +23,10 @@ export default async function (c) {
   await eventually(
     b,
     c.ui(1) + '/sales',
-    async (p) => (await p.locator('table').innerText()).includes(receipt.number),
+    async (p) => (await p.locator('body').innerText()).includes(receipt.number),
     `sale ${receipt.number} on the second till's Sales page`,
+    // Live events bring it at once; the sync timer (10 s) is the fallback.
+    30_000,
   );
   await c.shot(b, 'second-till-sales');
 }
