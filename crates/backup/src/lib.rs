@@ -539,3 +539,38 @@ pub fn restore_files(
     extract(dest, &m, unlock, &into.join(tillsync_store::DB_FILE), progress)?;
     Ok(m)
 }
+
+/// A download read chunk by chunk as it arrives, driving its stream on a
+/// runtime of its own (memory stays flat). Used by the S3 destination and
+/// the hub destination of the node crate.
+pub struct StreamRead<E> {
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
+    stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
+    chunk: bytes::Bytes,
+}
+
+impl<E> StreamRead<E> {
+    /// Reads `stream`, polled on `rt`.
+    pub fn new(
+        rt: std::sync::Arc<tokio::runtime::Runtime>,
+        stream: futures_util::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
+    ) -> Self {
+        StreamRead { rt, stream, chunk: bytes::Bytes::new() }
+    }
+}
+
+impl<E: std::fmt::Display> Read for StreamRead<E> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use futures_util::StreamExt;
+        while self.chunk.is_empty() {
+            match self.rt.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(io::Error::other(format!("download failed: {e}"))),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}

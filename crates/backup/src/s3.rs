@@ -7,7 +7,6 @@
 
 use crate::{BackupError, Destination, MANIFEST_EXT, MANIFEST_FORMAT, Manifest, OBJECT_EXT, check_id};
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart};
@@ -257,7 +256,7 @@ impl Destination for S3 {
             object_store::Error::NotFound { .. } => BackupError::NotFound(backup_id.into()),
             e => s3_err("cannot download the backup")(e),
         })?;
-        Ok(Box::new(StreamRead { rt: self.rt.clone(), stream: got.into_stream(), chunk: bytes::Bytes::new() }))
+        Ok(Box::new(crate::StreamRead::new(self.rt.clone(), got.into_stream())))
     }
 
     fn remove(&self, backup_id: &str) -> Result<(), BackupError> {
@@ -282,28 +281,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
-}
-
-/// A download as a `Read`: one network chunk in memory at a time.
-struct StreamRead {
-    rt: Arc<tokio::runtime::Runtime>,
-    stream: BoxStream<'static, object_store::Result<bytes::Bytes>>,
-    chunk: bytes::Bytes,
-}
-
-impl Read for StreamRead {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(c)) => self.chunk = c,
-                Some(Err(e)) => return Err(io::Error::other(format!("download failed: {e}"))),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -318,6 +318,22 @@ impl LogRows {
     }
 }
 
+/// The log chain at a position (the entry's, or the one kept at the
+/// compaction horizon); `None` when unknown (then no tag is given and the
+/// till's next pull is not checked).
+fn chain_at(c: &mut impl GenericClient, tenant: Uuid, pos: u64) -> Result<Option<String>, HubError> {
+    if pos == 0 {
+        return Ok(None);
+    }
+    let row = c.query_opt("SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2", &[&tenant, &(pos as i64)])?;
+    Ok(match row {
+        Some(r) => r.get(0),
+        None => c
+            .query_opt("SELECT horizon_chain FROM tenants WHERE id = $1 AND horizon = $2", &[&tenant, &(pos as i64)])?
+            .and_then(|r| r.get(0)),
+    })
+}
+
 /// The payload of a notice on [`EVENTS_CHANNEL`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Wire {
@@ -592,27 +608,6 @@ impl PgHub {
     }
 
     /// The merged state caught up to the committed end of the log.
-    /// The log chain at a position (the entry's, or the one kept at the
-    /// compaction horizon); `None` when unknown (then no tag is given and
-    /// the till's next pull is not checked).
-    fn chain_at(&self, tenant: Uuid, pos: u64) -> Result<Option<String>, HubError> {
-        if pos == 0 {
-            return Ok(None);
-        }
-        let mut c = self.conn()?;
-        let row =
-            c.query_opt("SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2", &[&tenant, &(pos as i64)])?;
-        Ok(match row {
-            Some(r) => r.get(0),
-            None => c
-                .query_opt(
-                    "SELECT horizon_chain FROM tenants WHERE id = $1 AND horizon = $2",
-                    &[&tenant, &(pos as i64)],
-                )?
-                .and_then(|r| r.get(0)),
-        })
-    }
-
     fn with_merged<T>(&self, tenant: Uuid, f: impl FnOnce(&Store, u64) -> Result<T, HubError>) -> Result<T, HubError> {
         let mut c = self.conn()?;
         let m = self.merged(tenant)?;
@@ -910,10 +905,9 @@ impl PgHub {
         let mut tx =
             c.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).read_only(true).start()?;
         let row = tx
-            .query_opt("SELECT last_pos, horizon, chain, horizon_chain FROM tenants WHERE id = $1", &[&dev.tenant_id])?
+            .query_opt("SELECT last_pos, horizon FROM tenants WHERE id = $1", &[&dev.tenant_id])?
             .ok_or_else(|| HubError::NotFound(format!("tenant {}", dev.tenant_id)))?;
         let (last_pos, horizon) = (row.get::<_, i64>(0) as u64, row.get::<_, i64>(1) as u64);
-        let (last_chain, horizon_chain): (String, Option<String>) = (row.get(2), row.get(3));
         if after < horizon {
             return Err(HubError::bad(
                 "cursor_expired",
@@ -922,31 +916,13 @@ impl PgHub {
                 ),
             ));
         }
-        // The log chain at a position of this snapshot (`None`: unknown).
-        let chain_at = |tx: &mut postgres::Transaction<'_>, pos: u64| -> Result<Option<String>, HubError> {
-            if pos == 0 {
-                return Ok(None);
-            }
-            if pos == last_pos {
-                return Ok(Some(last_chain.clone()).filter(|c| !c.is_empty()));
-            }
-            let row = tx.query_opt(
-                "SELECT chain FROM hub_log WHERE tenant_id = $1 AND pos = $2",
-                &[&dev.tenant_id, &(pos as i64)],
-            )?;
-            Ok(match row {
-                Some(r) => r.get(0),
-                None if pos == horizon => horizon_chain.clone(),
-                None => None,
-            })
-        };
         // A tagged cursor must name this log: past its end, or with another
         // chain at its position, the database was restored to an earlier
         // point and has since filled positions the till already passed.
         if let Some(tag) = tag
             && after > 0
         {
-            let differs = after > last_pos || chain_at(&mut tx, after)?.is_some_and(|c| c != tag);
+            let differs = after > last_pos || chain_at(&mut tx, dev.tenant_id, after)?.is_some_and(|c| c != tag);
             if differs {
                 return Err(HubError::bad(
                     "cursor_expired",
@@ -962,7 +938,7 @@ impl PgHub {
         )?;
         let more = rows.len() == limit;
         let cursor = if more { rows.last().map_or(after, |r| r.get::<_, i64>(0) as u64) } else { last_pos.max(after) };
-        let cursor_tag = match chain_at(&mut tx, cursor)? {
+        let cursor_tag = match chain_at(&mut tx, dev.tenant_id, cursor)? {
             Some(c) => Some(c),
             None if cursor == after => tag.map(str::to_string),
             None => None,
@@ -1322,7 +1298,7 @@ impl HubStorage for PgHub {
                 let ops = store.snapshot_ops(Some(dev.store_id))?;
                 Ok(Snapshot { cursor, cursor_tag: None, ops: ops.iter().map(WireOp::from).collect() })
             })?;
-            snap.cursor_tag = self.chain_at(dev.tenant_id, snap.cursor)?;
+            snap.cursor_tag = chain_at(&mut *self.conn()?, dev.tenant_id, snap.cursor)?;
             Ok(snap)
         })
     }

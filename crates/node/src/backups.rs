@@ -134,7 +134,7 @@ impl Destination for HubBackups {
         };
         let path = self.file_path(device, &format!("{backup_id}.{OBJECT_EXT}"));
         let resp = self.rt.block_on(self.client.get_backup(&path)).map_err(hub_err(backup_id))?;
-        Ok(Box::new(StreamRead { rt: self.rt.clone(), stream: resp.bytes_stream().boxed(), chunk: Default::default() }))
+        Ok(Box::new(tillsync_backup::StreamRead::new(self.rt.clone(), resp.bytes_stream().boxed())))
     }
 
     fn remove(&self, backup_id: &str) -> Result<(), BackupError> {
@@ -145,28 +145,6 @@ impl Destination for HubBackups {
             .map_err(hub_err(backup_id))?;
         let _ = self.rt.block_on(self.client.delete_backup(&format!("{backup_id}.{OBJECT_EXT}")));
         Ok(())
-    }
-}
-
-/// A download read chunk by chunk as it arrives (memory stays flat).
-struct StreamRead {
-    rt: std::sync::Arc<tokio::runtime::Runtime>,
-    stream: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    chunk: bytes::Bytes,
-}
-
-impl Read for StreamRead {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.chunk.is_empty() {
-            match self.rt.block_on(self.stream.next()) {
-                None => return Ok(0),
-                Some(Ok(c)) => self.chunk = c,
-                Some(Err(e)) => return Err(std::io::Error::other(e)),
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk.split_to(n));
-        Ok(n)
     }
 }
 

@@ -479,6 +479,24 @@ struct Till {
 }
 
 impl Till {
+    /// A till just enrolled and bootstrapped from the hub's snapshot.
+    fn enrolled(name: String, dir: PathBuf, store: Store, auth: DeviceAuth, offset_ms: i64) -> Till {
+        Till {
+            name,
+            dir,
+            store: Some(store),
+            auth,
+            offset_ms,
+            clone_of: None,
+            partition_until: 0,
+            late: VecDeque::new(),
+            life: 0,
+            reused: BTreeSet::new(),
+            bootstrapped: true,
+            retired: false,
+        }
+    }
+
     fn store(&mut self) -> &mut Store {
         self.store.as_mut().expect("open")
     }
@@ -724,20 +742,7 @@ impl Sim {
         let (store, auth, prefix, cursor) = enrol_till(self.hub(), self.tenant, self.store_id, &dir, n, self.now, ids)?;
         let offset_ms = self.draw_offset();
         self.log(format!("enrol {prefix} device={} offset={offset_ms}ms cursor={cursor}", auth.device_id));
-        self.tills.push(Till {
-            name: prefix,
-            dir,
-            store: Some(store),
-            auth,
-            offset_ms,
-            clone_of: None,
-            partition_until: 0,
-            late: VecDeque::new(),
-            life: 0,
-            reused: BTreeSet::new(),
-            bootstrapped: true,
-            retired: false,
-        });
+        self.tills.push(Till::enrolled(prefix, dir, store, auth, offset_ms));
         Ok(self.tills.len() - 1)
     }
 
@@ -790,20 +795,7 @@ impl Sim {
             auth.device_id,
             pending.changes.len()
         ));
-        self.tills.push(Till {
-            name: prefix,
-            dir,
-            store: Some(store),
-            auth,
-            offset_ms,
-            clone_of: None,
-            partition_until: 0,
-            late: VecDeque::new(),
-            life: 0,
-            reused: BTreeSet::new(),
-            bootstrapped: true,
-            retired: false,
-        });
+        self.tills.push(Till::enrolled(prefix, dir, store, auth, offset_ms));
         Ok(())
     }
 
