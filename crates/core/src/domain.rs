@@ -413,28 +413,95 @@ pub fn refund_lines(
 
 /// Whether a text holds something that looks like a full card number: a
 /// run of 13 to 19 digits (spaces and dashes allowed between) that passes
-/// the Luhn check.
+/// the Luhn check (PCI DSS: a primary account number is never stored).
 pub fn contains_card_number(text: &str) -> bool {
-    let mut digits: Vec<u8> = Vec::new();
-    let check = |d: &[u8]| (13..=19).contains(&d.len()) && luhn(d);
-    for c in text.chars() {
-        if let Some(d) = c.to_digit(10) {
-            digits.push(d as u8);
-        } else if c == ' ' || c == '-' {
-            continue;
-        } else {
-            if windows_match(&digits, check) {
-                return true;
-            }
-            digits.clear();
-        }
-    }
-    windows_match(&digits, check)
+    !card_runs(text, CARD_DIGITS_MIN).is_empty()
 }
 
-fn windows_match(digits: &[u8], check: impl Fn(&[u8]) -> bool) -> bool {
-    // The whole run of digits is judged: card numbers stand alone.
-    check(digits)
+/// The same test for product codes (SKU, barcode): GTIN-13 and GTIN-14
+/// barcodes are 13 and 14 digits long and one in ten passes the Luhn check
+/// by chance, so codes are refused only from 15 digits on, where every
+/// current card number length lies (15 to 19) and no barcode does.
+pub fn contains_card_number_in_code(text: &str) -> bool {
+    !card_runs(text, 15).is_empty()
+}
+
+/// The text with every card-number-like run masked but its last four
+/// digits, for the rare place that must keep a refused input (the hub's
+/// quarantine): `4111 1111 1111 1111` becomes `**** **** **** 1111`.
+pub fn mask_card_numbers(text: &str) -> String {
+    let runs = card_runs(text, CARD_DIGITS_MIN);
+    if runs.is_empty() {
+        return text.to_string();
+    }
+    let mut out: Vec<char> = text.chars().collect();
+    for (start, end, digits) in runs {
+        let mut seen = 0;
+        for c in out[start..end].iter_mut() {
+            if c.is_ascii_digit() {
+                seen += 1;
+                if seen <= digits - 4 {
+                    *c = '*';
+                }
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Masks card numbers in every string of a JSON value (keys included),
+/// leaving numbers alone: the hub keeps refused changes in its quarantine
+/// for an engineer to read, without the card number a till may have sent.
+pub fn mask_card_numbers_json(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if uuid::Uuid::try_parse(s).is_err() && contains_card_number(s) => *s = mask_card_numbers(s),
+        Value::Array(items) => items.iter_mut().for_each(mask_card_numbers_json),
+        Value::Object(map) => {
+            let masked: serde_json::Map<String, Value> = std::mem::take(map)
+                .into_iter()
+                .map(|(k, mut v)| {
+                    mask_card_numbers_json(&mut v);
+                    (mask_card_numbers(&k), v)
+                })
+                .collect();
+            *map = masked;
+        }
+        _ => {}
+    }
+}
+
+const CARD_DIGITS_MIN: usize = 13;
+
+/// The runs of a text (char index range, digit count) that look like card
+/// numbers: `digits_min` to 19 digits, with spaces and dashes allowed
+/// between, passing the Luhn check. The whole run is judged: card numbers
+/// stand alone, and a longer run of digits is something else.
+fn card_runs(text: &str, digits_min: usize) -> Vec<(usize, usize, usize)> {
+    let mut runs = vec![];
+    let mut digits: Vec<u8> = Vec::new();
+    let (mut start, mut end) = (0, 0);
+    let mut close = |digits: &mut Vec<u8>, start: usize, end: usize| {
+        if (digits_min..=19).contains(&digits.len()) && luhn(digits) {
+            runs.push((start, end, digits.len()));
+        }
+        digits.clear();
+    };
+    for (i, c) in text.chars().enumerate() {
+        if let Some(d) = c.to_digit(10) {
+            if digits.is_empty() {
+                start = i;
+            }
+            digits.push(d as u8);
+            end = i + 1;
+        } else if (c == ' ' || c == '-') && !digits.is_empty() {
+            continue;
+        } else {
+            close(&mut digits, start, end);
+        }
+    }
+    close(&mut digits, start, end);
+    runs
 }
 
 fn luhn(digits: &[u8]) -> bool {
@@ -643,6 +710,31 @@ mod tests {
         assert!(!contains_card_number("4111 1111 1111 1112"));
         assert!(!contains_card_number("call 0123 456 789"));
         assert!(!contains_card_number("Espresso"));
+        // A longer run of digits is something else, not a card number.
+        assert!(!contains_card_number("41111111111111110000"));
+    }
+
+    #[test]
+    fn product_codes_allow_barcodes_but_not_card_numbers() {
+        // A valid EAN-13 (check digit 4) that also passes the Luhn check.
+        assert!(contains_card_number("4006381333924"));
+        assert!(!contains_card_number_in_code("4006381333924"));
+        assert!(contains_card_number_in_code("4111111111111111"));
+        assert!(contains_card_number_in_code("378282246310005"), "15-digit Amex");
+    }
+
+    #[test]
+    fn card_numbers_are_masked_but_the_last_four() {
+        assert_eq!(mask_card_numbers("card 4111 1111 1111 1111 ok"), "card **** **** **** 1111 ok");
+        assert_eq!(mask_card_numbers("4111111111111111"), "************1111");
+        assert_eq!(mask_card_numbers("no card 0123 here"), "no card 0123 here");
+        let mut v =
+            serde_json::json!({"note": "4111-1111-1111-1111", "at_ms": 4111111111111111_i64, "4111111111111111": [1]});
+        mask_card_numbers_json(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"note": "****-****-****-1111", "at_ms": 4111111111111111_i64, "************1111": [1]})
+        );
     }
 
     #[test]

@@ -81,6 +81,20 @@ pub struct FieldDecl {
     pub required: bool,
     /// Longest text accepted, in bytes (texts only).
     pub text_len_max: usize,
+    /// How texts (and strings inside JSON values) are screened for card
+    /// numbers.
+    pub card_check: CardCheck,
+}
+
+/// Card numbers are never stored (PCI DSS 3.3.1, 3.4.1): every text a
+/// write or a ledger row carries is screened, locally and on the hub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CardCheck {
+    /// Free text: a Luhn-valid run of 13 to 19 digits is refused.
+    FreeText,
+    /// A product code (SKU, barcode): 13- and 14-digit barcodes pass, a
+    /// Luhn-valid run of 15 to 19 digits is refused.
+    Code,
 }
 
 /// One declared synced table.
@@ -114,6 +128,10 @@ pub enum SchemaError {
     WrongKind(String, Kind),
     #[error("a row of '{0}' must be a JSON object")]
     NotObject(String),
+    #[error(
+        "field '{table}.{field}' looks like it holds a full card number; card numbers are never stored: keep only the brand and the last four digits"
+    )]
+    CardNumber { table: String, field: String },
 }
 
 /// Builder-style constructors keep declarations short.
@@ -130,13 +148,33 @@ impl TableDecl {
 
     /// Adds an optional field.
     pub fn field(mut self, name: &str, ty: FieldType) -> Self {
-        self.fields.push(FieldDecl { name: name.into(), ty, required: false, text_len_max: TEXT_LEN_MAX });
+        self.fields.push(FieldDecl {
+            name: name.into(),
+            ty,
+            required: false,
+            text_len_max: TEXT_LEN_MAX,
+            card_check: CardCheck::FreeText,
+        });
         self
     }
 
     /// Adds a required field.
     pub fn required(mut self, name: &str, ty: FieldType) -> Self {
-        self.fields.push(FieldDecl { name: name.into(), ty, required: true, text_len_max: TEXT_LEN_MAX });
+        self.fields.push(FieldDecl {
+            name: name.into(),
+            ty,
+            required: true,
+            text_len_max: TEXT_LEN_MAX,
+            card_check: CardCheck::FreeText,
+        });
+        self
+    }
+
+    /// Marks the last added field as a product code (see [`CardCheck::Code`]).
+    pub fn code(mut self) -> Self {
+        if let Some(f) = self.fields.last_mut() {
+            f.card_check = CardCheck::Code;
+        }
         self
     }
 
@@ -170,7 +208,7 @@ impl TableDecl {
                 Value::String(s) if s.len() > decl.text_len_max => {
                     Err(SchemaError::TooLong { table: self.name.clone(), field: field.into(), max: decl.text_len_max })
                 }
-                Value::String(_) => Ok(()),
+                Value::String(s) => self.check_card(field, decl.card_check, s),
                 other => Err(self.wrong(field, "a string", other)),
             },
             FieldType::Int => match value {
@@ -185,7 +223,44 @@ impl TableDecl {
                 Value::String(s) if uuid::Uuid::parse_str(s).is_ok() => Ok(()),
                 other => Err(self.wrong(field, "an id", other)),
             },
-            FieldType::Json => Ok(()),
+            FieldType::Json => self.check_json_cards(field, value, 0),
+        }
+    }
+
+    fn check_card(&self, field: &str, check: CardCheck, text: &str) -> Result<(), SchemaError> {
+        // Row ids inside JSON (the movements a count saw) are UUIDs, whose
+        // dashed digit groups can pass the Luhn check; no card number is a
+        // UUID.
+        if uuid::Uuid::try_parse(text).is_ok() {
+            return Ok(());
+        }
+        let found = match check {
+            CardCheck::FreeText => crate::domain::contains_card_number(text),
+            CardCheck::Code => crate::domain::contains_card_number_in_code(text),
+        };
+        if found { Err(SchemaError::CardNumber { table: self.name.clone(), field: field.into() }) } else { Ok(()) }
+    }
+
+    /// Screens every string inside a JSON value (sale lines, payments).
+    /// Strings under a `sku` or `barcode` key are codes; numbers are not
+    /// screened (amounts and millisecond times are digits too). The depth
+    /// is bounded: these values are a few levels deep.
+    fn check_json_cards(&self, field: &str, value: &Value, depth: usize) -> Result<(), SchemaError> {
+        const DEPTH_MAX: usize = 16;
+        if depth > DEPTH_MAX {
+            return Err(self.wrong(field, "JSON nested at most 16 levels deep", value));
+        }
+        match value {
+            Value::String(s) => self.check_card(field, CardCheck::FreeText, s),
+            Value::Array(items) => items.iter().try_for_each(|v| self.check_json_cards(field, v, depth + 1)),
+            Value::Object(map) => map.iter().try_for_each(|(k, v)| match (k.as_str(), v) {
+                ("sku" | "barcode", Value::String(s)) => self.check_card(field, CardCheck::Code, s),
+                _ => {
+                    self.check_card(field, CardCheck::FreeText, k)?;
+                    self.check_json_cards(field, v, depth + 1)
+                }
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -205,8 +280,10 @@ impl TableDecl {
     }
 
     fn wrong(&self, field: &str, expected: &'static str, got: &Value) -> SchemaError {
-        let mut got = got.to_string();
-        got.truncate(40);
+        // The refused value is echoed shortened and with any card number
+        // masked: error messages end up in logs and quarantine lists.
+        let mut got: String = got.to_string().chars().take(40).collect();
+        got = crate::domain::mask_card_numbers(&got);
         SchemaError::WrongType { table: self.name.clone(), field: field.into(), expected, got }
     }
 }
@@ -227,11 +304,13 @@ impl Schema {
         let tables = vec![
             TableDecl::record(tables::PRODUCTS, Lane::Catalog)
                 .field("sku", Text)
+                .code()
                 .field("name", Text)
                 .field("price_minor", Int)
                 .field("tax_rate_bp", Int)
                 .field("category", Text)
                 .field("barcode", Text)
+                .code()
                 .field("active", Bool),
             TableDecl::record(tables::CATEGORIES, Lane::Catalog).field("name", Text).field("position", Int),
             TableDecl::record(tables::TAX_RATES, Lane::Catalog)
@@ -294,12 +373,14 @@ impl Schema {
                 .key("sale_id"),
             TableDecl::ledger(tables::STOCK_MOVEMENTS, Lane::Stock, Scope::Store)
                 .required("sku", Text)
+                .code()
                 .required("qty", Int)
                 .required("reason", Text)
                 .field("ref_id", Id)
                 .key("sku"),
             TableDecl::ledger(tables::STOCK_COUNTS, Lane::Stock, Scope::Store)
                 .required("sku", Text)
+                .code()
                 .required("qty", Int)
                 .required("seen", Json)
                 .field("base_count", Id)
@@ -319,6 +400,7 @@ impl Schema {
                 .required("action", Text)
                 .required("at_ms", Int)
                 .field("target", Text)
+                .code()
                 .field("detail", Text)
                 .field("staff_id", Id),
         ];
@@ -382,5 +464,35 @@ mod tests {
         assert!(matches!(m.check_row(&json!({"sku": "A", "qty": 1})), Err(SchemaError::Missing { .. })));
         assert!(m.check_row(&json!([1])).is_err());
         assert!(s.table("nope").is_err());
+    }
+
+    #[test]
+    fn card_numbers_are_refused_in_texts_and_json_but_barcodes_pass() {
+        let s = Schema::standard();
+        let card = "4111 1111 1111 1111";
+        let customers = s.table("customers").unwrap();
+        for field in ["name", "note", "email", "phone"] {
+            let err = customers.check_value(field, &json!(format!("paid {card}"))).unwrap_err();
+            assert!(matches!(err, SchemaError::CardNumber { .. }), "{field}: {err}");
+            assert!(!err.to_string().contains("1111 1111"), "the error does not echo the number: {err}");
+        }
+        let products = s.table("products").unwrap();
+        assert!(products.check_value("barcode", &json!("4006381333924")).is_ok(), "an EAN-13 barcode");
+        assert!(products.check_value("barcode", &json!("4111111111111111")).is_err());
+        assert!(products.check_value("name", &json!("4006381333924")).is_err(), "names are free text");
+        let sales = s.table("sales").unwrap();
+        let payments = json!([{"method": "card", "brand": "visa", "last4": "1111", "reference": card}]);
+        assert!(matches!(sales.check_value("payments", &payments), Err(SchemaError::CardNumber { .. })));
+        let lines = json!([{"sku": "4006381333924", "name": "Pen", "qty": 1, "unit_minor": 4111111111111111_i64}]);
+        assert!(sales.check_value("lines", &lines).is_ok(), "codes and numbers inside JSON pass");
+        // A card number sent where a number belongs is echoed masked.
+        let err = s.table("products").unwrap().check_value("price_minor", &json!("4111111111111111")).unwrap_err();
+        assert!(err.to_string().contains("************1111"), "{err}");
+        // Deeply nested JSON is refused, not walked without end.
+        let mut deep = json!("x");
+        for _ in 0..40 {
+            deep = json!([deep]);
+        }
+        assert!(sales.check_value("lines", &deep).is_err());
     }
 }

@@ -819,7 +819,7 @@ impl PgHub {
                                 quarantine.0.push(lane.as_str().to_string());
                                 quarantine.1.push(wc.seq as i64);
                                 quarantine.2.push(reason.clone());
-                                quarantine.3.push(serde_json::to_string(&wc.ops)?);
+                                quarantine.3.push(crate::storage::quarantined_ops_json(&wc.ops)?);
                                 ack.quarantined.push(QuarantineAck { seq: wc.seq, reason: reason.clone() });
                             }
                         }

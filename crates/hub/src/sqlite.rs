@@ -761,7 +761,7 @@ impl HubStorage for SqliteHub {
                                         .prepare_cached(
                                             "INSERT INTO hub_quarantine(device, lane, seq, reason, ops, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                                         )?
-                                        .execute(params![device, lane.as_str(), wc.seq as i64, reason, serde_json::to_string(&wc.ops)?, now_ms as i64])?;
+                                        .execute(params![device, lane.as_str(), wc.seq as i64, reason, crate::storage::quarantined_ops_json(&wc.ops)?, now_ms as i64])?;
                                     ack.quarantined.push(tillsync_core::wire::QuarantineAck { seq: wc.seq, reason });
                                 }
                             }

@@ -89,3 +89,13 @@ pub trait HubStorage: Send + Sync + 'static {
     /// A backend served by one process (SQLite) has none: the default.
     fn watch_external(&self, _sink: Arc<dyn Fn(Notice) + Send + Sync>) {}
 }
+
+/// A quarantined change's operations as kept for an engineer to read,
+/// with any card number masked: a till may have sent one (an old or
+/// hostile till; current tills refuse it before it is written), and the
+/// hub never stores one.
+pub(crate) fn quarantined_ops_json(ops: &[tillsync_core::wire::WireOp]) -> Result<String, serde_json::Error> {
+    let mut v = serde_json::to_value(ops)?;
+    tillsync_core::domain::mask_card_numbers_json(&mut v);
+    serde_json::to_string(&v)
+}

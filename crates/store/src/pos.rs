@@ -270,6 +270,8 @@ impl Store {
         check_text("a customer name", name, NAME_LEN_MAX)?;
         let mut fields = vec![("name", json!(name))];
         if let Some(e) = email {
+            // Checked first: the message below echoes the address.
+            domain::check_free_text(e)?;
             if !e.contains('@') || e.len() > NAME_LEN_MAX {
                 return Err(StoreError::Invalid(format!("'{e}' is not an email address")));
             }

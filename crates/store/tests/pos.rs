@@ -182,3 +182,41 @@ fn the_sale_path_commits_with_synchronous_full_in_wal() {
 fn rusqlite_conn(dir: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(dir.join(tillsync_store::DB_FILE)).unwrap()
 }
+
+/// PCI DSS 3.3.1 and 3.4.1: a full card number never enters the store,
+/// whichever text it hides in, and a refused action writes nothing.
+#[test]
+fn card_numbers_in_any_text_are_refused_and_nothing_is_written() {
+    let (mut a, _) = pair();
+    let card = "4111 1111 1111 1111";
+    let before = a.pending().unwrap();
+    let err = a.add_customer(2_000, &format!("Pat {card}"), None, None).unwrap_err();
+    assert!(err.to_string().contains("card number"), "{err}");
+    let err = a.add_customer(2_001, "Pat", Some(&format!("{card}@example.com")), None).unwrap_err();
+    assert!(!err.to_string().contains(card), "the error echoes the number: {err}");
+    let named = ProductFields { name: Some(format!("Gift {card}")), ..Default::default() };
+    assert!(a.update_product(2_002, "MUG", &named).is_err());
+    assert!(a.cash_movement(2_003, "pay_out", 100, Some(&format!("refund to {card}"))).is_err());
+    // Below the store's own checks, the schema refuses it on every write path.
+    let id = Uuid::from_u128(0xC057);
+    let err = a
+        .write(2_004, |l| {
+            l.create(
+                tillsync_core::schema::tables::CUSTOMERS,
+                id,
+                &[("note", serde_json::json!(format!("card {card}")))],
+            )
+        })
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Schema(tillsync_core::schema::SchemaError::CardNumber { .. })), "{err}");
+    assert_eq!(a.pending().unwrap(), before, "a refused action wrote nothing");
+    // Product codes are not card numbers: a 13-digit barcode that happens to
+    // pass the Luhn check is accepted.
+    let pen = ProductFields {
+        name: Some("Pen".into()),
+        price_minor: Some(150),
+        barcode: Some("4006381333924".into()),
+        ..Default::default()
+    };
+    a.add_product(2_005, "PEN", &pen).unwrap();
+}
