@@ -175,6 +175,11 @@ impl BackupFiles {
                 }
                 file.write_all(&chunk).await.map_err(io)?;
             }
+            // An empty object is never a backup (every one starts with its
+            // header): refused, so that a broken upload cannot replace a good one.
+            if written == 0 {
+                return Err(HubError::bad("empty_body", "a backup object is never empty: send the object as the body"));
+            }
             file.sync_all().await.map_err(io)?;
             Ok(())
         }

@@ -98,6 +98,10 @@ async fn a_till_keeps_its_backups_on_the_hub_and_the_admin_fetches_them_when_the
     let got = h.get(&a.device, "/v1/backups/2026-11-27T10-00-00Z.tsb").await;
     assert_eq!(got.status(), 200);
     assert_eq!(got.bytes().await.unwrap().to_vec(), body, "the object comes back byte for byte");
+    // An empty upload (found by schemathesis) is refused and replaces nothing.
+    assert_eq!(h.put(&a.device, "2026-11-27T10-00-00Z.tsb", vec![]).await.status(), 400);
+    let got = h.get(&a.device, "/v1/backups/2026-11-27T10-00-00Z.tsb").await;
+    assert_eq!(got.bytes().await.unwrap().len(), body.len(), "the empty upload replaced the object");
 
     // Another till of the tenant, a till of another tenant, and the other
     // tenant's admin see none of it.

@@ -850,6 +850,7 @@ impl World {
         let mut ctx = Ctx::default();
         let (path, body): (String, Option<Vec<u8>>) = match (route.method.as_str(), route.path) {
             ("GET", "/healthz") => ("/healthz".into(), None),
+            ("GET", "/v1/openapi.json") => ("/v1/openapi.json".into(), None),
             ("POST", "/v1/enrol") => {
                 let code = if who == Who::Own {
                     self.hub.create_enrol_code(self.ta, self.s_a1, now(), 600_000).unwrap().0
@@ -980,6 +981,36 @@ impl World {
             }
             // A token never stands in for a code.
             "/v1/enrol" => r.expect(400, "bad_code"),
+            "/v1/openapi.json" => {
+                r.ok();
+                // The published description names exactly the router's
+                // routes, each with its security (public, device, admin).
+                let spec: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+                let mut described: BTreeSet<(String, String, String)> = BTreeSet::new();
+                for (path, ops) in spec["paths"].as_object().unwrap() {
+                    for (method, op) in ops.as_object().unwrap() {
+                        let security = op["security"].as_array().unwrap();
+                        let access = match security.first().and_then(|s| s.as_object()).and_then(|s| s.keys().next()) {
+                            None => "public".to_string(),
+                            Some(k) => k.clone(),
+                        };
+                        described.insert((method.to_uppercase(), path.clone(), access));
+                    }
+                }
+                let routed: BTreeSet<(String, String, String)> = self
+                    .routes
+                    .iter()
+                    .map(|r| {
+                        let access = match r.access {
+                            Access::Public => "public",
+                            Access::Device => "device",
+                            Access::Admin => "admin",
+                        };
+                        (r.method.to_string(), r.path.to_string(), access.to_string())
+                    })
+                    .collect();
+                assert_eq!(described, routed, "openapi.json and the router disagree");
+            }
             p => panic!("public route {p} has no expectations in the isolation matrix"),
         }
     }
@@ -1238,7 +1269,7 @@ async fn every_route_times_every_caller(backend: Backend) {
     // Every route that is not public must say so, and the public ones are
     // exactly the two that must be public.
     let public: BTreeSet<&str> = routes.iter().filter(|r| r.access == Access::Public).map(|r| r.path).collect();
-    assert_eq!(public, BTreeSet::from(["/healthz", "/v1/enrol"]), "public routes");
+    assert_eq!(public, BTreeSet::from(["/healthz", "/v1/enrol", "/v1/openapi.json"]), "public routes");
 
     let n_malformed = malformed("tsd_x").len();
     let mut cells: BTreeMap<String, (usize, usize)> = BTreeMap::new();
