@@ -1,6 +1,7 @@
 //! The node's local HTTP API (for the POS UI): `GET /api/status`, a live
 //! status stream on `GET /api/status/stream` (SSE, sent when it changes),
-//! and `POST /api/sync` for "Sync now". Bound to loopback by default.
+//! `POST /api/sync` for "Sync now" and `POST /api/sales` (a sale as JSON,
+//! for scanners, kiosks and load generators). Bound to loopback by default.
 
 use crate::config::Config;
 use axum::extract::State;
@@ -37,6 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/status", get(status))
         .route("/api/status/stream", get(stream))
         .route("/api/sync", post(sync_now))
+        .route("/api/sales", post(sell))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
@@ -114,5 +116,98 @@ async fn sync_now(State(st): State<ApiState>) -> Response {
             Json(serde_json::json!({"code": "stopped", "message": "the sync engine is stopped"})),
         )
             .into_response(),
+    }
+}
+
+/// `POST /api/sales`: `{"items": [{"sku": "ESPRESSO", "qty": 1}], "payments":
+/// [{"method": "cash"}]}` (payments default to cash for the total).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleBody {
+    pub items: Vec<SaleItem>,
+    #[serde(default)]
+    pub payments: Vec<SalePayment>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SaleItem {
+    pub sku: String,
+    #[serde(default = "one")]
+    pub qty: i64,
+}
+
+/// A payment without card details: a card payment here records no brand
+/// and no digits, so no card data can arrive through this route.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalePayment {
+    pub method: tillsync_core::domain::Method,
+    pub amount_minor: Option<i64>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn problem(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(serde_json::json!({"code": code, "message": message}))).into_response()
+}
+
+/// Sells through the same store function as `till sale`; the receipt is
+/// answered only after the sale's local commit, so an answered receipt is a
+/// durable sale.
+async fn sell(
+    State(st): State<ApiState>,
+    body: Result<Json<SaleBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return problem(StatusCode::BAD_REQUEST, "bad_request", "the body is not a sale: see the local API docs");
+    };
+    let mut payments: Vec<tillsync_core::domain::PaymentInput> = body
+        .payments
+        .iter()
+        .map(|p| tillsync_core::domain::PaymentInput {
+            method: p.method,
+            amount_minor: p.amount_minor,
+            brand: None,
+            last4: None,
+        })
+        .collect();
+    if payments.is_empty() {
+        payments.push(tillsync_core::domain::PaymentInput {
+            method: tillsync_core::domain::Method::Cash,
+            amount_minor: None,
+            brand: None,
+            last4: None,
+        });
+    }
+    let req = tillsync_store::SaleRequest {
+        items: body.items.into_iter().map(|i| (i.sku, i.qty)).collect(),
+        payments,
+        ..Default::default()
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        let mut store = st.store.lock().map_err(|_| tillsync_store::StoreError::Io("store lock poisoned".into()))?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        store.sell(now_ms, &req)
+    })
+    .await;
+    use tillsync_store::StoreError as E;
+    match done {
+        Ok(Ok(out)) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({"sale_id": out.sale_id, "receipt": out.receipt, "total_minor": out.total_minor,
+                "currency": out.currency, "change_minor": out.change_minor})),
+        )
+            .into_response(),
+        Ok(Err(e @ (E::UnknownSku(_) | E::Sale(_) | E::Money(_) | E::Invalid(_) | E::ReadOnly))) => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, "refused", &e.to_string())
+        }
+        Ok(Err(E::Locked)) => problem(StatusCode::SERVICE_UNAVAILABLE, "busy", "the till database is busy; try again"),
+        _ => problem(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the sale was not recorded"),
     }
 }

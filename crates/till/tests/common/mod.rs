@@ -238,6 +238,16 @@ impl Hub {
         }
     }
 
+    /// The process id (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (false once it has exited).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, as a crash or a pulled plug would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
