@@ -928,6 +928,58 @@ fn status_stream_and_sync_now() {
     assert_eq!(on_hub[0]["sale_id"], sale["sale_id"]);
 }
 
+/// `POST /api/sales` (what the fault runs sell through) is `till sale` over
+/// HTTP: the receipt comes after the local commit, a refused sale takes no
+/// receipt number, and the sale syncs like any other.
+#[test]
+fn api_sales_answers_the_receipt_after_the_commit() {
+    let w = world();
+    let a = w.dir("a");
+    let v = w.t.enrol(&w.hub.url, &a, "Till A");
+    let prefix = s(&v["receipt_prefix"]);
+    // No background round: what the answer promises must already be on disk.
+    let runner = Runner::start(&a, &["--interval", "60"], &[("TILL_SYNC_AUTO", "false")]);
+    let sale = r#"{"items":[{"sku":"ESPRESSO","qty":2}],"payments":[{"method":"cash","amount_minor":1000}]}"#;
+    let (code, body) = http_json(&runner.api, "POST", "/api/sales", sale);
+    assert_eq!(code, 201, "{body}");
+    let first: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(first["receipt"], format!("{prefix}-000001"), "{first}");
+    assert_eq!(first["total_minor"], 440, "two espressos at 2.20: {first}");
+    assert_eq!(first["change_minor"], 560, "{first}");
+    let local = sales(&a);
+    assert_eq!(local.len(), 1, "{local:?}");
+    assert_eq!(local[0]["sale_id"], first["sale_id"]);
+    assert_eq!(status(&a)["pending"]["sales"], 1);
+
+    // Refused: no sale, no receipt number used.
+    for (bad, want) in [
+        (r#"{"items":[{"sku":"NO-SUCH","qty":1}]}"#, 422),
+        (r#"{"items":[]}"#, 422),
+        (r#"{"items":[{"sku":"ESPRESSO"}],"payments":[{"method":"card","number":"4111111111111111"}]}"#, 400),
+        ("not json", 400),
+    ] {
+        let (code, body) = http_json(&runner.api, "POST", "/api/sales", bad);
+        assert_eq!(code, want, "{bad} -> {body}");
+        assert!(!body.contains("4111111111111111"), "a card number is echoed: {body}");
+    }
+    assert_eq!(sales(&a).len(), 1);
+    // Payments default to cash for the total.
+    let (code, body) = http_json(&runner.api, "POST", "/api/sales", r#"{"items":[{"sku":"ESPRESSO"}]}"#);
+    assert_eq!(code, 201, "{body}");
+    let second: Value = serde_json::from_str(&body).expect("JSON answer");
+    assert_eq!(second["receipt"], format!("{prefix}-000002"), "{second}");
+    assert_eq!(second["total_minor"], 220, "{second}");
+
+    let (code, body) = http(&runner.api, "POST", "/api/sync");
+    assert_eq!(code, 202, "{body}");
+    poll(Duration::from_secs(10), Duration::from_millis(50), "the sales sync", || {
+        (runner.api_status()["pending_total"] == 0).then_some(())
+    });
+    let on_hub: BTreeSet<String> =
+        hub_sales(&w.t, &w.hub.url, &w.dir("observer")).iter().map(|v| s(&v["sale_id"])).collect();
+    assert_eq!(on_hub, [s(&first["sale_id"]), s(&second["sale_id"])].into_iter().collect());
+}
+
 // ---------------------------------------------------------------------------
 // A round cut short by kill -9 must not leave the till "syncing"
 // ---------------------------------------------------------------------------

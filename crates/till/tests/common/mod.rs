@@ -474,9 +474,16 @@ impl Runner {
 
 /// Sends one request; returns (status, body).
 pub fn http(addr: &str, method: &str, path: &str) -> (u16, String) {
+    http_json(addr, method, path, "")
+}
+
+/// Sends one request with a JSON body (none when empty); returns (status, body).
+pub fn http_json(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     c.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
-    write!(c, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").expect("send request");
+    let kind = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    write!(c, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{kind}Content-Length: {}\r\n\r\n{body}", body.len())
+        .expect("send request");
     let mut raw = String::new();
     c.read_to_string(&mut raw).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {raw:?}"));
