@@ -323,12 +323,12 @@ pub fn serve(
                     format!("cannot load the TLS certificate {} and key {}", c.display(), k.display())
                 })?;
                 let mut server = axum_server::from_tcp_rustls(std_listener, tls)?.handle(handle);
-                tune(server.http_builder(), limits);
+                tune(server.http_builder(), limits.header_read_timeout_ms);
                 server.serve(service).await?;
             }
             _ => {
                 let mut server = axum_server::from_tcp(std_listener)?.handle(handle);
-                tune(server.http_builder(), limits);
+                tune(server.http_builder(), limits.header_read_timeout_ms);
                 server.serve(service).await?;
             }
         }
@@ -344,10 +344,13 @@ pub fn serve(
 /// runs while headers are awaited. HTTP/2 (over TLS): the hub pings idle
 /// connections and drops those that do not answer. TLS handshakes have
 /// axum-server's own 10 s bound.
-fn tune(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>, limits: &ServeLimits) {
+pub fn tune(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_read_timeout_ms: u64,
+) {
     use hyper_util::rt::TokioTimer;
     use std::time::Duration;
-    let header = (limits.header_read_timeout_ms > 0).then(|| Duration::from_millis(limits.header_read_timeout_ms));
+    let header = (header_read_timeout_ms > 0).then(|| Duration::from_millis(header_read_timeout_ms));
     b.http1().timer(TokioTimer::new()).header_read_timeout(header).keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

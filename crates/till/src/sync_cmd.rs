@@ -208,7 +208,11 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
         } else {
             println!("POS UI on http://{local}/ (sign in with a staff name and PIN)");
         }
-        let api = tokio::spawn(async move { axum::serve(listener, app).await });
+        // The same connection limits as the hub's: a slow or idle client
+        // of the UI (it may be on the shop's network) is dropped.
+        let mut server = axum_server::from_tcp(listener.into_std()?)?;
+        crate::hub_cmd::tune(server.http_builder(), UI_HEADER_READ_TIMEOUT_MS);
+        let api = tokio::spawn(async move { server.serve(app.into_make_service()).await });
         let backups = (config.backup.interval_s > 0).then(|| tokio::spawn(scheduled_backups(dir.to_path_buf(), config.clone())));
         let stop = async move {
             if exit_after_s > 0 {
@@ -242,6 +246,10 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
     })?;
     Ok(())
 }
+
+/// Longest a client of the till's UI and local API may take to send a
+/// request's headers, and longest an idle connection is kept, in ms.
+const UI_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 
 /// The local API and the POS UI of a till, on one router: each with a
 /// connection of its own to the till's database. Security headers on every
