@@ -41,6 +41,8 @@ const RETRY_AFTER_MS_MAX: u64 = 60_000;
 /// Longest a single request waits out rate limiting before the round gives
 /// up and the driver schedules the next one for the hub's wait, in ms.
 pub const RATE_LIMIT_WAIT_MS_MAX: u64 = 30_000;
+/// Idle connections are kept this long for reuse, in milliseconds.
+const POOL_IDLE_MS: u64 = 5_000;
 /// Largest response accepted after decompression, in bytes.
 const RESPONSE_LEN_MAX: usize = 256 << 20;
 
@@ -111,6 +113,10 @@ impl HubClient {
             .use_preconfigured_tls(tls_config(opts.ca_file.as_ref())?)
             .connect_timeout(Duration::from_millis(timeout.min(10_000)))
             .timeout(Duration::from_millis(timeout))
+            // The hub closes connections idle for its header-read timeout
+            // (10 s by default): let go of them sooner, so a request is
+            // never sent on a connection the hub is closing.
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_MS))
             .build()
             .map_err(|e| SyncError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(HubClient { base: url.to_string(), http, token })
