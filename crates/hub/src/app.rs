@@ -707,3 +707,32 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
         Err(_) => Response::from_parts(parts, Body::from(bytes)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_zstd, public_detail};
+    use crate::HubError;
+
+    #[test]
+    fn decoding_errors_lose_type_names_and_keep_the_place() {
+        assert_eq!(
+            public_detail("invalid type: string \"x\", expected struct PushRequest at line 1 column 3"),
+            "invalid type: string \"x\", expected an object at line 1 column 3"
+        );
+        assert_eq!(
+            public_detail("invalid type: integer `5`, expected enum Lane, at line 1 column 9"),
+            "invalid type: integer `5`, expected one of the known values, at line 1 column 9"
+        );
+        assert_eq!(public_detail("missing field `code` at line 1 column 2"), "missing field `code` at line 1 column 2");
+        assert_eq!(public_detail("expected tuple struct Hlc"), "expected an object");
+    }
+
+    #[test]
+    fn a_zstd_body_is_decoded_up_to_the_limit_and_no_further() {
+        let body = vec![b'a'; 1_000];
+        let z = zstd::bulk::compress(&body, 3).unwrap();
+        assert_eq!(decode_zstd(&z, 1_000).unwrap(), body);
+        assert!(matches!(decode_zstd(&z, 999), Err(HubError::TooLarge)));
+        assert!(matches!(decode_zstd(b"not zstd", 1_000), Err(HubError::BadRequest { code: "bad_encoding", .. })));
+    }
+}
