@@ -357,7 +357,11 @@ fn backup_files(st: &AppState) -> Result<Arc<BackupFiles>, HubError> {
 /// Streams a stored object.
 async fn send_file(path: std::path::PathBuf) -> Result<Response, HubError> {
     use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| HubError::Internal(format!("backup open: {e}")))?;
+    // Deleted between the lookup and the open (a concurrent DELETE): gone.
+    let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HubError::NotFound("backup".into()),
+        _ => HubError::Internal(format!("backup open: {e}")),
+    })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let chunks = stream::unfold(file, |mut f| async move {
         let mut buf = vec![0u8; 64 * 1024];
