@@ -3,9 +3,10 @@
 
 use crate::HubError;
 use crate::backups::BackupFiles;
+use crate::limits::{RateKey, RateLimiter, RateOptions};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRef, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderValue, header, request::Parts};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -64,6 +65,7 @@ pub struct Metrics {
     pub pulls: std::sync::atomic::AtomicU64,
     pub entries_pulled: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
+    pub rate_limited: std::sync::atomic::AtomicU64,
 }
 
 impl Metrics {
@@ -77,6 +79,7 @@ impl Metrics {
             ("tillsync_hub_pulls_total", "Pull requests served.", self.pulls.load(Relaxed)),
             ("tillsync_hub_entries_pulled_total", "Log entries sent in pulls.", self.entries_pulled.load(Relaxed)),
             ("tillsync_hub_errors_total", "Requests answered with an error.", self.errors.load(Relaxed)),
+            ("tillsync_hub_rate_limited_total", "Requests answered 429 rate_limited.", self.rate_limited.load(Relaxed)),
         ];
         rows.iter().map(|(n, h, v)| format!("# HELP {n} {h}\n# TYPE {n} counter\n{n} {v}\n")).collect()
     }
@@ -90,6 +93,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where tills' backups are kept; `None`: the hub stores no backups.
     pub backups: Option<Arc<BackupFiles>>,
+    /// Per-caller request rates.
+    pub limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -100,7 +105,27 @@ impl AppState {
         // streams too (a no-op for a single-process backend).
         let sink = events.clone();
         storage.watch_external(Arc::new(move |n| sink.publish(&[n])));
-        AppState { storage, events, metrics: Arc::new(Metrics::default()), backups: None }
+        AppState {
+            storage,
+            events,
+            metrics: Arc::new(Metrics::default()),
+            backups: None,
+            limiter: Arc::new(RateLimiter::new(RateOptions::default())),
+        }
+    }
+
+    /// Limits request rates with these options instead of the defaults.
+    pub fn with_rates(mut self, options: RateOptions) -> Self {
+        self.limiter = Arc::new(RateLimiter::new(options));
+        self
+    }
+
+    /// Takes one request from `key`'s bucket; over the rate: 429 with the wait.
+    fn limit(&self, key: RateKey) -> Result<(), HubError> {
+        self.limiter.check(key).map_err(|retry_after_s| {
+            self.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            HubError::RateLimited { retry_after_s }
+        })
     }
 
     /// Keeps tills' backups in this folder.
@@ -130,6 +155,26 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HubError> + S
     tokio::task::spawn_blocking(f).await.map_err(|e| HubError::Internal(e.to_string()))?
 }
 
+/// The client's address, when the server recorded it (`ConnectInfo`).
+fn client_ip(parts: &Parts) -> Option<std::net::IpAddr> {
+    parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
+
+/// Resolves the bearer token. A missing or unknown token counts against the
+/// client address's rate, so guessing tokens is as slow as any flood.
+async fn caller(parts: &Parts, st: &AppState) -> Result<Caller, HubError> {
+    let token = bearer(parts);
+    let storage = st.storage.clone();
+    let r = match token {
+        Some(token) => blocking(move || storage.authenticate(&token)).await,
+        None => Err(HubError::Unauthorized),
+    };
+    if let (Err(HubError::Unauthorized), Some(ip)) = (&r, client_ip(parts)) {
+        st.limit(RateKey::Ip(ip))?;
+    }
+    r
+}
+
 fn bearer(parts: &Parts) -> Option<String> {
     let v = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     v.strip_prefix("Bearer ").map(|t| t.trim().to_string())
@@ -147,10 +192,12 @@ where
 {
     type Rejection = HubError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(HubError::Unauthorized)?;
         let st = AppState::from_ref(state);
-        match blocking(move || st.storage.authenticate(&token)).await? {
-            Caller::Device(d) => Ok(Device(d)),
+        match caller(parts, &st).await? {
+            Caller::Device(d) => {
+                st.limit(RateKey::Device(d.device_id))?;
+                Ok(Device(d))
+            }
             Caller::Admin { .. } => Err(HubError::bad("device_only", "this needs a device token, not an admin token")),
         }
     }
@@ -162,10 +209,12 @@ where
 {
     type Rejection = HubError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or(HubError::Unauthorized)?;
         let st = AppState::from_ref(state);
-        match blocking(move || st.storage.authenticate(&token)).await? {
-            Caller::Admin { tenant_id } => Ok(Admin(tenant_id)),
+        match caller(parts, &st).await? {
+            Caller::Admin { tenant_id } => {
+                st.limit(RateKey::Admin(tenant_id))?;
+                Ok(Admin(tenant_id))
+            }
             Caller::Device(_) => Err(HubError::Forbidden),
         }
     }
@@ -177,10 +226,9 @@ pub struct QueryArgs<T>(pub T);
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryArgs<T> {
     type Rejection = HubError;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|Query(q)| QueryArgs(q))
-            .map_err(|e| HubError::bad("bad_query", format!("the query string is not valid: {}", e.body_text())))
+        Query::<T>::from_request_parts(parts, state).await.map(|Query(q)| QueryArgs(q)).map_err(|e| {
+            HubError::bad("bad_query", format!("the query string is not valid: {}", public_detail(&e.body_text())))
+        })
     }
 }
 
@@ -194,8 +242,33 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
             axum::body::to_bytes(req.into_body(), BODY_DECODED_LEN_MAX).await.map_err(|_| HubError::TooLarge)?;
         serde_json::from_slice(&bytes)
             .map(JsonBody)
-            .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {e}")))
+            .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {}", public_detail(&e.to_string()))))
     }
+}
+
+/// A decoding error's message without the server's type names (serde says
+/// "expected struct PushRequest"): what is wrong and where stays.
+fn public_detail(msg: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let mut words = msg.split(' ').peekable();
+    while let Some(w) = words.next() {
+        match w {
+            "struct" | "enum" | "map"
+                if words.peek().is_some_and(|n| n.starts_with(|c: char| c.is_ascii_uppercase())) =>
+            {
+                let name = words.next().unwrap_or_default();
+                out.push(if w == "enum" { "one of the known values" } else { "an object" });
+                // Keep the punctuation that followed the name.
+                let tail = name.trim_start_matches(|c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':');
+                if !tail.is_empty() {
+                    out.push(tail);
+                }
+            }
+            "tuple" | "newtype" | "unit" if words.peek() == Some(&"struct") => {}
+            _ => out.push(w),
+        }
+    }
+    out.join(" ").replace(" ,", ",")
 }
 
 /// Who may call a route.
@@ -250,6 +323,8 @@ pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         .add(Method::GET, "/v1/snapshot", Access::Device, get(snapshot))
         .add(Method::GET, "/v1/events", Access::Device, get(events))
         .add(Method::GET, "/v1/digest", Access::Device, get(device_digest))
+        .add(Method::POST, "/v1/token/rotate", Access::Device, post(rotate_device_token))
+        .add(Method::POST, "/v1/admin/token/rotate", Access::Admin, post(rotate_admin_token))
         .add(Method::GET, "/v1/devices", Access::Admin, get(devices))
         .add(Method::POST, "/v1/devices/{id}/revoke", Access::Admin, post(revoke))
         .add(Method::GET, "/v1/usage", Access::Admin, get(usage))
@@ -282,7 +357,11 @@ fn backup_files(st: &AppState) -> Result<Arc<BackupFiles>, HubError> {
 /// Streams a stored object.
 async fn send_file(path: std::path::PathBuf) -> Result<Response, HubError> {
     use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(&path).await.map_err(|e| HubError::Internal(format!("backup open: {e}")))?;
+    // Deleted between the lookup and the open (a concurrent DELETE): gone.
+    let file = tokio::fs::File::open(&path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => HubError::NotFound("backup".into()),
+        _ => HubError::Internal(format!("backup open: {e}")),
+    })?;
     let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
     let chunks = stream::unfold(file, |mut f| async move {
         let mut buf = vec![0u8; 64 * 1024];
@@ -381,7 +460,24 @@ async fn healthz() -> &'static str {
     HEALTH_BODY
 }
 
-async fn enrol(State(st): State<AppState>, JsonBody(req): JsonBody<EnrolRequest>) -> Result<Response, HubError> {
+/// The client's address for the rate limit of routes without a token.
+pub struct ClientIp(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = HubError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+async fn enrol(
+    State(st): State<AppState>,
+    ClientIp(ip): ClientIp,
+    JsonBody(req): JsonBody<EnrolRequest>,
+) -> Result<Response, HubError> {
+    if let Some(ip) = ip {
+        st.limit(RateKey::Ip(ip))?;
+    }
     let e = blocking(move || st.storage.enrol(&req.code, &req.name, now_ms())).await?;
     Ok(Json(e).into_response())
 }
@@ -489,6 +585,21 @@ async fn device_digest(State(st): State<AppState>, Device(dev): Device) -> Resul
     Ok(Json(serde_json::json!({"store_id": dev.store_id, "state_digest": d})).into_response())
 }
 
+/// A new token for the calling device; its current token stops working at once.
+async fn rotate_device_token(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
+    let device = dev.device_id;
+    let token = blocking(move || st.storage.rotate_device_token(&dev, now_ms())).await?;
+    tracing::info!(device = %device, "device token rotated");
+    Ok(Json(serde_json::json!({"device_id": device, "token": token})).into_response())
+}
+
+/// A new admin token for the tenant; the current one stops working at once.
+async fn rotate_admin_token(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
+    let token = blocking(move || st.storage.rotate_admin_token(tenant, now_ms())).await?;
+    tracing::info!(tenant = %tenant, "admin token rotated");
+    Ok(Json(serde_json::json!({"tenant_id": tenant, "admin_token": token})).into_response())
+}
+
 async fn devices(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
     let r = blocking(move || st.storage.devices(tenant)).await?;
     Ok(Json(r).into_response())
@@ -528,6 +639,25 @@ async fn store_digest(
     Ok(Json(serde_json::json!({"store_id": store, "state_digest": d})).into_response())
 }
 
+/// Decodes a zstd body as a stream, never holding more than `len_max`
+/// decoded bytes: a small body that inflates past it (a zstd bomb) is
+/// refused with 413 as soon as it crosses the limit, before memory is spent.
+pub fn decode_zstd(raw: &[u8], len_max: usize) -> Result<Vec<u8>, HubError> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|_| HubError::bad("bad_encoding", "the body is not valid zstd"))?;
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(len_max));
+    // One byte past the limit tells "exactly the limit" from "more".
+    decoder
+        .take(len_max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| HubError::bad("bad_encoding", "the body is not valid zstd"))?;
+    if out.len() > len_max {
+        return Err(HubError::TooLarge);
+    }
+    Ok(out)
+}
+
 /// zstd on the wire: request bodies with `Content-Encoding: zstd` are
 /// decoded (bounded), and JSON responses are compressed for clients that
 /// send `Accept-Encoding: zstd`. Event streams are left alone. Every
@@ -542,16 +672,13 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
             Ok(b) => b,
             Err(_) => return HubError::TooLarge.into_response(),
         };
-        match zstd::bulk::decompress(&raw, BODY_DECODED_LEN_MAX) {
+        match decode_zstd(&raw, BODY_DECODED_LEN_MAX) {
             Ok(d) => {
                 parts.headers.remove(header::CONTENT_ENCODING);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 Body::from(d)
             }
-            Err(_) => {
-                return HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large")
-                    .into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     } else {
         // Plain bodies get the wire limit too, before any handler reads them.
@@ -582,5 +709,34 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
             Response::from_parts(parts, Body::from(c))
         }
         Err(_) => Response::from_parts(parts, Body::from(bytes)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{decode_zstd, public_detail};
+    use crate::HubError;
+
+    #[test]
+    fn decoding_errors_lose_type_names_and_keep_the_place() {
+        assert_eq!(
+            public_detail("invalid type: string \"x\", expected struct PushRequest at line 1 column 3"),
+            "invalid type: string \"x\", expected an object at line 1 column 3"
+        );
+        assert_eq!(
+            public_detail("invalid type: integer `5`, expected enum Lane, at line 1 column 9"),
+            "invalid type: integer `5`, expected one of the known values, at line 1 column 9"
+        );
+        assert_eq!(public_detail("missing field `code` at line 1 column 2"), "missing field `code` at line 1 column 2");
+        assert_eq!(public_detail("expected tuple struct Hlc"), "expected an object");
+    }
+
+    #[test]
+    fn a_zstd_body_is_decoded_up_to_the_limit_and_no_further() {
+        let body = vec![b'a'; 1_000];
+        let z = zstd::bulk::compress(&body, 3).unwrap();
+        assert_eq!(decode_zstd(&z, 1_000).unwrap(), body);
+        assert!(matches!(decode_zstd(&z, 999), Err(HubError::TooLarge)));
+        assert!(matches!(decode_zstd(b"not zstd", 1_000), Err(HubError::BadRequest { code: "bad_encoding", .. })));
     }
 }

@@ -32,6 +32,9 @@ pub enum HubError {
     MethodNotAllowed,
     #[error("the hub is busy, try again")]
     Busy,
+    /// Too many requests from one caller: retry after this many seconds.
+    #[error("too many requests: retry in {retry_after_s} s")]
+    RateLimited { retry_after_s: u64 },
     /// The hub's database cannot be reached (detail logged, never sent).
     #[error("the hub's database is unavailable, try again shortly")]
     Unavailable(String),
@@ -55,6 +58,7 @@ impl HubError {
             HubError::TooLarge => "too_large",
             HubError::MethodNotAllowed => "method_not_allowed",
             HubError::Busy => "busy",
+            HubError::RateLimited { .. } => "rate_limited",
             HubError::Unavailable(_) => "unavailable",
             HubError::Internal(_) => "internal",
         }
@@ -66,7 +70,7 @@ impl HubError {
             HubError::Forbidden => StatusCode::FORBIDDEN,
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::BadRequest { .. } | HubError::BadCode => StatusCode::BAD_REQUEST,
-            HubError::Quota(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::Quota(_) | HubError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             HubError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             HubError::Busy | HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -140,6 +144,10 @@ impl IntoResponse for HubError {
             HubError::Unavailable(detail) => tracing::error!(detail = detail.as_str(), "database unavailable"),
             _ => {}
         }
-        (self.status(), axum::Json(self.body())).into_response()
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if let HubError::RateLimited { retry_after_s } = self {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(retry_after_s));
+        }
+        resp
     }
 }

@@ -8,6 +8,7 @@ pub mod app;
 pub mod backups;
 pub mod error;
 pub mod export;
+pub mod limits;
 pub mod pg;
 pub mod sqlite;
 pub mod storage;
@@ -16,6 +17,7 @@ pub use app::{Access, AppState, Metrics, RouteInfo, app, app_with_routes, metric
 pub use backups::{BackupFiles, BackupObject};
 pub use error::HubError;
 pub use export::Exported;
+pub use limits::{RateKey, RateLimiter, RateOptions};
 pub use pg::{PgHub, PgOptions};
 pub use sqlite::SqliteHub;
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

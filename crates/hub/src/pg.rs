@@ -19,7 +19,10 @@
 //! other processes committed into its own event streams.
 
 use crate::HubError;
-use crate::sqlite::{PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, other_origins, sha, split_scope, validate};
+use crate::sqlite::{
+    ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, hash_matches, other_origins, sha,
+    split_scope, validate,
+};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{GenericClient, NoTls};
@@ -1076,7 +1079,7 @@ impl HubStorage for PgHub {
             return Err(HubError::bad("bad_name", "a tenant name is 1 to 200 characters"));
         }
         let id = self.new_id(now_ms);
-        let token = format!("tsa_{}", self.random_hex(32));
+        let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
         off_runtime(|| {
             let mut c = self.conn()?;
             let mut tx = c.transaction()?;
@@ -1209,7 +1212,7 @@ impl HubStorage for PgHub {
             return Err(HubError::bad("bad_name", "a device name is 1 to 200 characters"));
         }
         let device_id = self.new_id(now_ms);
-        let token = format!("tsd_{}", self.random_hex(32));
+        let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
         off_runtime(|| {
             let mut c = self.conn()?;
             let mut tx = c.transaction()?;
@@ -1248,10 +1251,16 @@ impl HubStorage for PgHub {
             let mut c = self.conn()?;
             // Lookup by hash: the token itself is never stored or compared.
             // The only queries not scoped by tenant: the token names it.
-            if token.starts_with("tsd_") {
+            if token.starts_with(DEVICE_TOKEN_PREFIX) {
                 let row = c
-                    .query_opt("SELECT id, tenant_id, store_id, status FROM devices WHERE token_hash = $1", &[&h])?
+                    .query_opt(
+                        "SELECT id, tenant_id, store_id, status, token_hash FROM devices WHERE token_hash = $1",
+                        &[&h],
+                    )?
                     .ok_or(HubError::Unauthorized)?;
+                if !hash_matches(row.get::<_, &str>(4), &h) {
+                    return Err(HubError::Unauthorized);
+                }
                 match row.get::<_, &str>(3) {
                     "active" => {}
                     "forked" => return Err(HubError::Forked),
@@ -1263,10 +1272,13 @@ impl HubStorage for PgHub {
                     store_id: row.get(2),
                 }));
             }
-            if token.starts_with("tsa_") {
+            if token.starts_with(ADMIN_TOKEN_PREFIX) {
                 let row = c
-                    .query_opt("SELECT id FROM tenants WHERE admin_hash = $1", &[&h])?
+                    .query_opt("SELECT id, admin_hash FROM tenants WHERE admin_hash = $1", &[&h])?
                     .ok_or(HubError::Unauthorized)?;
+                if !hash_matches(row.get::<_, &str>(1), &h) {
+                    return Err(HubError::Unauthorized);
+                }
                 return Ok(Caller::Admin { tenant_id: row.get(0) });
             }
             Err(HubError::Unauthorized)
@@ -1323,6 +1335,33 @@ impl HubStorage for PgHub {
                     skew_ms: r.get(7),
                 })
                 .collect())
+        })
+    }
+
+    fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {
+        let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
+        off_runtime(|| {
+            let n = self.conn()?.execute(
+                "UPDATE devices SET token_hash = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'active'",
+                &[&sha(&token), &dev.tenant_id, &dev.device_id],
+            )?;
+            if n == 0 {
+                // Revoked or stopped between authentication and now.
+                return Err(HubError::Revoked);
+            }
+            Ok(token)
+        })
+    }
+
+    fn rotate_admin_token(&self, tenant: Uuid, _now_ms: u64) -> Result<String, HubError> {
+        let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
+        off_runtime(|| {
+            let n =
+                self.conn()?.execute("UPDATE tenants SET admin_hash = $1 WHERE id = $2", &[&sha(&token), &tenant])?;
+            if n == 0 {
+                return Err(HubError::NotFound(format!("tenant {tenant}")));
+            }
+            Ok(token)
         })
     }
 

@@ -68,6 +68,20 @@ pub(crate) fn sha(s: &str) -> String {
     hex(&Sha256::digest(s.as_bytes()))
 }
 
+/// Whether a stored token hash is the hash of the presented token, compared
+/// in constant time. The database found the row by this hash already; the
+/// check keeps every comparison of secrets in the hub's own code free of
+/// timing differences, whatever the index did.
+pub(crate) fn hash_matches(stored: &str, computed: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    stored.len() == computed.len() && bool::from(stored.as_bytes().ct_eq(computed.as_bytes()))
+}
+
+/// A new device token: recognisable by its prefix (`tsd_`), 256 random bits.
+pub(crate) const DEVICE_TOKEN_PREFIX: &str = "tsd_";
+/// A new admin token's prefix (`tsa_`).
+pub(crate) const ADMIN_TOKEN_PREFIX: &str = "tsa_";
+
 /// The SQLite hub.
 pub struct SqliteHub {
     dir: PathBuf,
@@ -459,7 +473,7 @@ impl HubStorage for SqliteHub {
             return Err(HubError::bad("bad_name", "a tenant name is 1 to 200 characters"));
         }
         let id = self.new_id(now_ms);
-        let token = format!("tsa_{}", self.random_hex(32));
+        let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
         self.control.lock().expect("control").execute(
             "INSERT INTO tenants(id, name, admin_hash, sample, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![id.to_string(), name, sha(&token), sample, now_ms as i64],
@@ -584,7 +598,7 @@ impl HubStorage for SqliteHub {
             return Err(HubError::bad("bad_name", "a device name is 1 to 200 characters"));
         }
         let device_id = self.new_id(now_ms);
-        let token = format!("tsd_{}", self.random_hex(32));
+        let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
         let mut c = self.control.lock().expect("control");
         let tx = c.transaction()?;
         // Single use: the update succeeds once, and only before expiry.
@@ -618,12 +632,15 @@ impl HubStorage for SqliteHub {
         let h = sha(token);
         let c = self.control.lock().expect("control");
         // Lookup by hash: the token itself is never stored or compared.
-        if token.starts_with("tsd_") {
-            let row: Option<(String, String, String, String)> = c
-                .prepare_cached("SELECT id, tenant, store, status FROM devices WHERE token_hash = ?1")?
-                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        if token.starts_with(DEVICE_TOKEN_PREFIX) {
+            let row: Option<(String, String, String, String, String)> = c
+                .prepare_cached("SELECT id, tenant, store, status, token_hash FROM devices WHERE token_hash = ?1")?
+                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
                 .optional()?;
-            let (id, tenant, store, status) = row.ok_or(HubError::Unauthorized)?;
+            let (id, tenant, store, status, stored) = row.ok_or(HubError::Unauthorized)?;
+            if !hash_matches(&stored, &h) {
+                return Err(HubError::Unauthorized);
+            }
             match status.as_str() {
                 "active" => {}
                 "forked" => return Err(HubError::Forked),
@@ -636,12 +653,15 @@ impl HubStorage for SqliteHub {
                 store_id: parse(&store)?,
             }));
         }
-        if token.starts_with("tsa_") {
-            let tenant: Option<String> = c
-                .prepare_cached("SELECT id FROM tenants WHERE admin_hash = ?1")?
-                .query_row([&h], |r| r.get(0))
+        if token.starts_with(ADMIN_TOKEN_PREFIX) {
+            let row: Option<(String, String)> = c
+                .prepare_cached("SELECT id, admin_hash FROM tenants WHERE admin_hash = ?1")?
+                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
-            let tenant = tenant.ok_or(HubError::Unauthorized)?;
+            let (tenant, stored) = row.ok_or(HubError::Unauthorized)?;
+            if !hash_matches(&stored, &h) {
+                return Err(HubError::Unauthorized);
+            }
             return Ok(Caller::Admin {
                 tenant_id: Uuid::parse_str(&tenant).map_err(|e| HubError::Internal(e.to_string()))?,
             });
@@ -936,6 +956,32 @@ impl HubStorage for SqliteHub {
             });
         }
         Ok(out)
+    }
+
+    fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {
+        let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
+        let n = self.control.lock().expect("control").execute(
+            "UPDATE devices SET token_hash = ?1 WHERE id = ?2 AND tenant = ?3 AND status = 'active'",
+            params![sha(&token), dev.device_id.to_string(), dev.tenant_id.to_string()],
+        )?;
+        if n == 0 {
+            // Revoked or stopped between authentication and now.
+            return Err(HubError::Revoked);
+        }
+        Ok(token)
+    }
+
+    fn rotate_admin_token(&self, tenant: Uuid, _now_ms: u64) -> Result<String, HubError> {
+        let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
+        let n = self
+            .control
+            .lock()
+            .expect("control")
+            .execute("UPDATE tenants SET admin_hash = ?1 WHERE id = ?2", params![sha(&token), tenant.to_string()])?;
+        if n == 0 {
+            return Err(HubError::NotFound(format!("tenant {tenant}")));
+        }
+        Ok(token)
     }
 
     fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError> {

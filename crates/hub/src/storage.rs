@@ -74,6 +74,11 @@ pub trait HubStorage: Send + Sync + 'static {
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
     /// Devices of a tenant.
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError>;
+    /// Gives an active device a new token; the one it authenticated with
+    /// stops working at once (only its hash was stored; it is replaced).
+    fn rotate_device_token(&self, dev: &DeviceAuth, now_ms: u64) -> Result<String, HubError>;
+    /// Gives a tenant a new admin token; the old one stops working at once.
+    fn rotate_admin_token(&self, tenant: Uuid, now_ms: u64) -> Result<String, HubError>;
     /// Revokes a device of a tenant at once.
     fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError>;
     /// The hub's state digest of one store (tenant records + that store's ledgers).

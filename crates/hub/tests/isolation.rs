@@ -31,7 +31,7 @@ use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
 use tillsync_hub::app::HEALTH_BODY;
 use tillsync_hub::pg::testing::TestDatabase;
 use tillsync_hub::{
-    Access, AppState, BackupFiles, BackupObject, Caller, DeviceAuth, HubStorage, PgHub, PgOptions, RouteInfo,
+    Access, AppState, BackupFiles, BackupObject, Caller, DeviceAuth, HubError, HubStorage, PgHub, PgOptions, RouteInfo,
     SqliteHub, app_with_routes,
 };
 use tillsync_store::sample::PRODUCTS;
@@ -132,6 +132,11 @@ const INTERNAL_DETAIL: &[&str] = &[
     "database is locked",
     "hub.db",
     "till.db",
+    // Type names of the server's code (serde says "expected struct X").
+    "struct ",
+    "::",
+    "pushrequest",
+    "enrolrequest",
 ];
 
 /// Why an error response is not the hub's JSON error body (a stable code
@@ -796,6 +801,10 @@ struct Ctx {
     target_store: Option<Uuid>,
     /// The enrolment code used.
     code: Option<String>,
+    /// A device enrolled for the cell whose token the cell rotates.
+    rotated_device: Option<Enrolment>,
+    /// A tenant made for the cell whose admin token the cell rotates.
+    rotated_tenant: Option<(Uuid, String)>,
 }
 
 fn who_list(route: &RouteInfo, n_malformed: usize) -> Vec<Who> {
@@ -846,7 +855,7 @@ impl World {
     /// Builds one cell's request. Unknown routes fail here: a new endpoint
     /// needs its case (and its expectations) before the matrix passes.
     fn build(&mut self, route: &RouteInfo, who: Who) -> (Request<Body>, Ctx) {
-        let auth = self.auth_for(route.access, who);
+        let mut auth = self.auth_for(route.access, who);
         let mut ctx = Ctx::default();
         let (path, body): (String, Option<Vec<u8>>) = match (route.method.as_str(), route.path) {
             ("GET", "/healthz") => ("/healthz".into(), None),
@@ -882,6 +891,33 @@ impl World {
             ("GET", "/v1/snapshot") => ("/v1/snapshot".into(), None),
             ("GET", "/v1/events") => ("/v1/events".into(), None),
             ("GET", "/v1/digest") => ("/v1/digest".into(), None),
+            ("POST", "/v1/token/rotate") => {
+                // A device that may rotate rotates only its own token: each
+                // such cell uses a device enrolled for it (in the caller's
+                // tenant and store), so the matrix's devices keep theirs.
+                let at = match who {
+                    Who::Own => Some((self.ta, self.s_a1)),
+                    Who::OtherTenant => Some((self.tb, self.s_b1)),
+                    Who::OtherStore => Some((self.ta, self.s_a2)),
+                    _ => None,
+                };
+                if let Some((tenant, store)) = at {
+                    let fresh = enrol(&*self.hub, tenant, store, "to-rotate");
+                    auth = Some(bearer(&fresh.token));
+                    ctx.rotated_device = Some(fresh);
+                }
+                ("/v1/token/rotate".into(), Some(b"{}".to_vec()))
+            }
+            ("POST", "/v1/admin/token/rotate") => {
+                // Likewise an admin rotates only its own tenant's token: a
+                // tenant made for the cell.
+                if matches!(who, Who::Own | Who::OwnForeignTarget | Who::OtherTenant) {
+                    let (tenant, token) = self.hub.create_tenant("to-rotate", false, now()).unwrap();
+                    auth = Some(bearer(&token));
+                    ctx.rotated_tenant = Some((tenant, token));
+                }
+                ("/v1/admin/token/rotate".into(), Some(b"{}".to_vec()))
+            }
             ("GET", "/v1/devices") => ("/v1/devices".into(), None),
             ("POST", "/v1/devices/{id}/revoke") => {
                 let target = match who {
@@ -1183,6 +1219,38 @@ impl World {
                     assert_eq!(d.status, "revoked", "{}", r.what);
                 }
                 assert!(!r.text().contains(&self.revoked.token) && !r.text().contains("tsd_"), "{}: tokens", r.what);
+            }
+            "/v1/token/rotate" => {
+                // The caller's own token, and nobody else's, is replaced at once.
+                r.ok();
+                let old = ctx.rotated_device.as_ref().unwrap();
+                let v = r.json();
+                assert_eq!(v["device_id"], json!(old.device_id), "{}", r.what);
+                let new = v["token"].as_str().unwrap().to_string();
+                assert!(new.starts_with("tsd_") && new != old.token, "{}: new token {new}", r.what);
+                assert!(matches!(self.hub.authenticate(&old.token), Err(HubError::Unauthorized)), "{}: old", r.what);
+                assert!(
+                    matches!(self.hub.authenticate(&new), Ok(Caller::Device(a)) if a == auth_of(old)),
+                    "{}: the new token is the same device",
+                    r.what
+                );
+                get(&self.router, "/v1/pull?after=0", &old.token).await.expect(401, "unauthorized");
+                get(&self.router, "/v1/pull?after=0", &new).await.ok();
+            }
+            "/v1/admin/token/rotate" => {
+                r.ok();
+                let (tenant, old) = ctx.rotated_tenant.as_ref().unwrap();
+                let v = r.json();
+                assert_eq!(v["tenant_id"], json!(tenant), "{}", r.what);
+                let new = v["admin_token"].as_str().unwrap().to_string();
+                assert!(new.starts_with("tsa_") && &new != old, "{}: new token {new}", r.what);
+                get(&self.router, "/v1/devices", old).await.expect(401, "unauthorized");
+                get(&self.router, "/v1/devices", &new).await.ok();
+                assert!(
+                    matches!(self.hub.authenticate(&new), Ok(Caller::Admin { tenant_id }) if tenant_id == *tenant),
+                    "{}: the new token is the same tenant's",
+                    r.what
+                );
             }
             "/v1/devices/{id}/revoke" => {
                 let target = ctx.target_device.as_ref().unwrap();
@@ -1549,10 +1617,16 @@ async fn zstd_pushes_are_accepted(backend: Backend) {
     // Not zstd at all, though labelled so.
     let r = call(&w.router, zstd_request(w.a2.token(), b"{\"not\": \"zstd\"}".to_vec())).await;
     r.expect(400, "bad_encoding");
-    // Decodes beyond the decoded limit.
-    let bomb = zstd::bulk::compress(&vec![b' '; tillsync_hub::app::BODY_DECODED_LEN_MAX + 1024], 1).unwrap();
+    // Decodes beyond the decoded limit (a zstd bomb: a few kilobytes that
+    // inflate past 64 MiB) is too large, refused while decoding.
+    let bomb = zstd::bulk::compress(&vec![b' '; tillsync_hub::app::BODY_DECODED_LEN_MAX + 1024], 19).unwrap();
+    assert!(bomb.len() < 64 * 1024, "the bomb is small on the wire: {} bytes", bomb.len());
     let r = call(&w.router, zstd_request(w.a2.token(), bomb)).await;
-    r.expect(400, "bad_encoding");
+    r.expect(413, "too_large");
+    // Exactly at the limit still decodes (and is then judged as JSON).
+    let full = zstd::bulk::compress(&vec![b' '; tillsync_hub::app::BODY_DECODED_LEN_MAX], 19).unwrap();
+    let r = call(&w.router, zstd_request(w.a2.token(), full)).await;
+    r.expect(400, "bad_json");
     // Compressed size over the wire limit.
     let r = call(&w.router, zstd_request(w.a2.token(), noise(tillsync_hub::app::BODY_LEN_MAX + 1024))).await;
     r.expect(413, "too_large");
@@ -1810,4 +1884,65 @@ on_every_backend!(
     a_body_over_the_limit_is_413,
     malformed_queries_and_wrong_methods_are_json_errors,
     enrolment_codes_are_single_use_and_expire,
+    a_flooding_caller_is_rate_limited_alone,
+    decoding_errors_name_no_server_types,
 );
+
+/// Rate limits are per caller: a device that floods gets 429 with
+/// `Retry-After` and the `rate_limited` code; other devices of its store and
+/// tenant, other tenants and admins keep being served.
+async fn a_flooding_caller_is_rate_limited_alone(backend: Backend) {
+    let w = World::new(backend, 89).await;
+    let options = tillsync_hub::RateOptions { rate_per_s: 1, burst_len: 5, ..tillsync_hub::RateOptions::default() };
+    let router = tillsync_hub::app(AppState::new(w.hub.clone()).with_rates(options));
+    let mut limited = None;
+    for i in 0..20 {
+        let r = call_raw(&router, request(&Method::GET, "/v1/pull?after=0&limit=1", Some(&bearer(w.a1.token())), None))
+            .await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, r));
+            break;
+        }
+        r.ok();
+    }
+    let (i, r) = limited.expect("20 requests at once from one device are never limited");
+    assert!(i >= 5, "limited after {i} requests, before the burst of 5 was spent");
+    r.expect(429, "rate_limited");
+    check_error_body(&r);
+    let retry: u64 = r.headers[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry} s at 1 request per second");
+    // Everyone else is served: the same store, another store, another tenant, the admins.
+    get(&router, "/v1/pull?after=0&limit=1", w.a1b.token()).await.ok();
+    get(&router, "/v1/pull?after=0&limit=1", w.a2.token()).await.ok();
+    get(&router, "/v1/pull?after=0&limit=1", w.b1.token()).await.ok();
+    get(&router, "/v1/devices", &w.admin_a).await.ok();
+    // Pushes of the flooding device are refused whole (nothing half-applied)
+    // until its bucket refills.
+    let r =
+        call_raw(&router, request(&Method::POST, "/v1/push", Some(&bearer(w.a1.token())), Some(b"{}".to_vec()))).await;
+    r.expect(429, "rate_limited");
+    tokio::time::sleep(Duration::from_millis(retry * 1_000 + 100)).await;
+    get(&router, "/v1/pull?after=0&limit=1", w.a1.token()).await.ok();
+}
+
+/// A body of the wrong shape is answered with what is wrong and where, but
+/// not with the server's type names.
+async fn decoding_errors_name_no_server_types(backend: Backend) {
+    let w = World::new(backend, 97).await;
+    let cases: Vec<(&str, Option<String>, Vec<u8>)> = vec![
+        ("/v1/push", Some(bearer(w.a1.token())), b"[1, 2]".to_vec()),
+        ("/v1/push", Some(bearer(w.a1.token())), b"\"text\"".to_vec()),
+        ("/v1/push", Some(bearer(w.a1.token())), b"{\"device_time_ms\": 1, \"changes\": [{\"lane\": 5}]}".to_vec()),
+        ("/v1/enrol", None, b"17".to_vec()),
+    ];
+    for (path, auth, body) in cases {
+        let r = call(&w.router, request(&Method::POST, path, auth.as_deref(), Some(body))).await;
+        r.expect(400, "bad_json");
+        assert!(
+            r.json()["message"].as_str().unwrap().contains("line 1"),
+            "{}: where it went wrong: {}",
+            r.what,
+            r.text()
+        );
+    }
+}

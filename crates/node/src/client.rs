@@ -34,6 +34,15 @@ pub struct HubClient {
 
 /// Requests above this size are sent zstd-compressed, in bytes.
 const COMPRESS_LEN_MIN: usize = 1_024;
+/// Shortest and longest wait a `Retry-After` is taken to mean, in
+/// milliseconds (a hub asking for more is asked again after the cap).
+const RETRY_AFTER_MS_MIN: u64 = 1_000;
+const RETRY_AFTER_MS_MAX: u64 = 60_000;
+/// Longest a single request waits out rate limiting before the round gives
+/// up and the driver schedules the next one for the hub's wait, in ms.
+pub const RATE_LIMIT_WAIT_MS_MAX: u64 = 30_000;
+/// Idle connections are kept this long for reuse, in milliseconds.
+const POOL_IDLE_MS: u64 = 5_000;
 /// Largest response accepted after decompression, in bytes.
 const RESPONSE_LEN_MAX: usize = 256 << 20;
 
@@ -104,6 +113,10 @@ impl HubClient {
             .use_preconfigured_tls(tls_config(opts.ca_file.as_ref())?)
             .connect_timeout(Duration::from_millis(timeout.min(10_000)))
             .timeout(Duration::from_millis(timeout))
+            // The hub closes connections idle for its header-read timeout
+            // (10 s by default): let go of them sooner, so a request is
+            // never sent on a connection the hub is closing.
+            .pool_idle_timeout(Duration::from_millis(POOL_IDLE_MS))
             .build()
             .map_err(|e| SyncError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(HubClient { base: url.to_string(), http, token })
@@ -122,9 +135,39 @@ impl HubClient {
         r
     }
 
+    /// Sends a request; a `429 rate_limited` answer is waited out for its
+    /// `Retry-After` and the request sent again, up to
+    /// `RATE_LIMIT_WAIT_MS_MAX` in all; past that the caller gets
+    /// `SyncError::RateLimited` with the hub's wait (nothing was applied).
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, SyncError> {
+        let mut req = req;
+        let mut waited_ms = 0u64;
+        loop {
+            let again = req.try_clone();
+            match self.send_once(req).await {
+                Err(SyncError::RateLimited { retry_after_ms }) => {
+                    let Some(next) = again.filter(|_| waited_ms + retry_after_ms <= RATE_LIMIT_WAIT_MS_MAX) else {
+                        return Err(SyncError::RateLimited { retry_after_ms });
+                    };
+                    tracing::info!(retry_after_ms, "the hub is rate limiting this till: waiting");
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+                    waited_ms += retry_after_ms;
+                    req = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, SyncError> {
         let resp = req.send().await.map_err(SyncError::from_reqwest)?;
         let status = resp.status();
+        let retry_after_ms = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.saturating_mul(1_000).clamp(RETRY_AFTER_MS_MIN, RETRY_AFTER_MS_MAX));
         let zstd = resp.headers().get(CONTENT_ENCODING).is_some_and(|v| v == "zstd");
         let raw = resp.bytes().await.map_err(SyncError::from_reqwest)?;
         let body = if zstd {
@@ -139,6 +182,9 @@ impl HubClient {
                 message: format!("the hub answered {status}"),
                 expected: None,
             });
+            if status.as_u16() == 429 && err.code == "rate_limited" {
+                return Err(SyncError::RateLimited { retry_after_ms: retry_after_ms.unwrap_or(RETRY_AFTER_MS_MIN) });
+            }
             return Err(SyncError::Hub { status: status.as_u16(), code: err.code, message: err.message });
         }
         serde_json::from_slice(&body).map_err(|e| SyncError::Network(format!("unreadable answer from the hub: {e}")))
@@ -271,6 +317,21 @@ impl HubClient {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| SyncError::Network("the hub sent no digest".into()))
+    }
+
+    /// A new token for this device (the current one stops working at once).
+    pub async fn rotate_token(&self) -> Result<String, SyncError> {
+        let v: serde_json::Value = self.post("/v1/token/rotate", &serde_json::json!({})).await?;
+        v["token"].as_str().map(str::to_string).ok_or_else(|| SyncError::Network("the hub sent no token".into()))
+    }
+
+    /// A new admin token for the tenant (admin token; the current one stops working at once).
+    pub async fn rotate_admin_token(&self) -> Result<String, SyncError> {
+        let v: serde_json::Value = self.post("/v1/admin/token/rotate", &serde_json::json!({})).await?;
+        v["admin_token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| SyncError::Network("the hub sent no admin token".into()))
     }
 
     /// Devices of the tenant (admin token).

@@ -166,6 +166,15 @@ pub async fn run(
             Err(e) if e.is_revoked() => {
                 retry_at = Some(Instant::now() + Duration::from_millis(config.sync.backoff_cap_ms));
             }
+            Err(crate::SyncError::RateLimited { retry_after_ms }) => {
+                // The hub said when: wait that long (plus a little jitter so
+                // tills limited together do not return together). Not a
+                // failure of the link: the retry count is left alone.
+                let wait = retry_after_ms + rng.next_u64() % 1_000;
+                tracing::info!(retry_in_ms = wait, "the hub is rate limiting this till");
+                crate::metrics::NODE.backoff_ms.store(wait, std::sync::atomic::Ordering::Relaxed);
+                retry_at = Some(Instant::now() + Duration::from_millis(wait));
+            }
             Err(e) => {
                 let wait =
                     backoff_ms(failures, config.sync.backoff_base_ms, config.sync.backoff_cap_ms, rng.next_u64());

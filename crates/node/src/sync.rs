@@ -17,6 +17,10 @@ pub enum SyncError {
     Tls(String),
     #[error("the hub refused: {message} ({code})")]
     Hub { status: u16, code: String, message: String },
+    /// The hub asked this till to slow down; nothing was lost, the outbox
+    /// waits and the next round runs after `retry_after_ms`.
+    #[error("the hub is rate limiting this till: retrying in {} s", retry_after_ms.div_ceil(1_000))]
+    RateLimited { retry_after_ms: u64 },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]

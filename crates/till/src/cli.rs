@@ -298,6 +298,23 @@ pub struct HubData {
     pub acquire_timeout_ms: u64,
 }
 
+/// Limits of `till hub serve` against slow, idle and flooding clients.
+#[derive(Args, Debug, Clone)]
+pub struct ServeLimits {
+    /// Longest a client may take to send a request's headers, and longest an
+    /// idle keep-alive connection is kept waiting for its next request, in
+    /// milliseconds (0: no limit).
+    #[arg(long, default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+    /// Sustained requests per second allowed per device, per admin token and
+    /// per client address on routes without a token (0: no rate limit).
+    #[arg(long, default_value_t = 100)]
+    pub rate_per_s: u32,
+    /// Requests a caller may send at once after a quiet spell.
+    #[arg(long, default_value_t = 1_000)]
+    pub rate_burst_len: u32,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum HubCmd {
     /// Serve the hub's API.
@@ -316,6 +333,8 @@ pub enum HubCmd {
         /// PEM private key for HTTPS.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        #[command(flatten)]
+        limits: ServeLimits,
     },
     /// Tenants (merchants).
     #[command(subcommand)]
@@ -408,6 +427,14 @@ pub enum TenantCmd {
         #[arg(long)]
         sample: bool,
     },
+    /// Give a tenant a new admin token (for a lost or leaked one); the old
+    /// one stops working at once. Prints the new token (shown once).
+    RotateAdmin {
+        #[command(flatten)]
+        data: HubData,
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -460,6 +487,19 @@ pub enum DevicesCmd {
         admin: AdminArgs,
         /// The device id.
         device: String,
+    },
+    /// Give this till a new device token from its hub (authenticated with
+    /// the current one, which stops working at once) and keep it where the
+    /// current one is kept.
+    Rotate {
+        #[command(flatten)]
+        data: Data,
+    },
+    /// Give the tenant a new admin token; the one given stops working at
+    /// once. Prints the new token (shown once).
+    RotateAdmin {
+        #[command(flatten)]
+        admin: AdminArgs,
     },
 }
 

@@ -178,7 +178,7 @@ pub fn run_hub(dir: &Path, exit_after_s: u64, j: bool) -> Result<()> {
             uis.push(format!("http://{}/", listener.local_addr()?));
             let (asked_tx, asked_rx) = tokio::sync::mpsc::channel::<()>(4);
             asked.push(asked_rx);
-            let app = crate::sync_cmd::local_app(d, &config, asked_tx)?;
+            let app = crate::sync_cmd::local_app(d, &config, asked_tx, false)?;
             servers.push(tokio::spawn(async move { axum::serve(listener, app).await }));
         }
         if j {

@@ -1,7 +1,7 @@
 //! `till hub ...`: serve the hub and administer its data, in a folder
 //! (SQLite) or a PostgreSQL database.
 
-use crate::cli::{HubCmd, HubData, HubPolicyCmd, StoreCmd, TenantCmd};
+use crate::cli::{HubCmd, HubData, HubPolicyCmd, ServeLimits, StoreCmd, TenantCmd};
 use crate::node::{now_ms, os_ids};
 use crate::output;
 use anyhow::{Context, Result, anyhow, bail};
@@ -93,8 +93,20 @@ pub fn install_crypto() {
 
 pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
     match cmd {
-        HubCmd::Serve { data, listen, metrics, tls_cert, tls_key } => {
-            serve(&data, &listen, metrics.as_deref(), tls_cert.as_deref(), tls_key.as_deref(), j)
+        HubCmd::Serve { data, listen, metrics, tls_cert, tls_key, limits } => {
+            serve(&data, &listen, metrics.as_deref(), tls_cert.as_deref(), tls_key.as_deref(), &limits, j)
+        }
+        HubCmd::Tenant(TenantCmd::RotateAdmin { data, tenant }) => {
+            let tenant = uuid(&tenant, "tenant")?;
+            let token = hub(&data)?.rotate_admin_token(tenant, now_ms())?;
+            if j {
+                output::json(&json!({"tenant_id": tenant, "admin_token": token}));
+            } else {
+                println!(
+                    "tenant {tenant}: new admin token (shown once, keep it safe; the old one no longer works): {token}"
+                );
+            }
+            Ok(())
         }
         HubCmd::Tenant(TenantCmd::Create { data, name, sample }) => {
             let (id, token) = hub(&data)?.create_tenant(&name, sample, now_ms())?;
@@ -257,6 +269,7 @@ pub fn serve(
     metrics: Option<&str>,
     cert: Option<&Path>,
     key: Option<&Path>,
+    limits: &ServeLimits,
     j: bool,
 ) -> Result<()> {
     install_crypto();
@@ -264,7 +277,11 @@ pub fn serve(
     let storage = hub(data)?;
     let where_ = describe(data);
     let where_key = if data.data.is_some() { "data" } else { "database" };
-    let mut state = AppState::new(storage);
+    let mut state = AppState::new(storage).with_rates(tillsync_hub::RateOptions {
+        rate_per_s: limits.rate_per_s,
+        burst_len: limits.rate_burst_len,
+        ..tillsync_hub::RateOptions::default()
+    });
     if let Some(files) = backup_files(data) {
         state = state.with_backups(files);
     }
@@ -297,22 +314,49 @@ pub fn serve(
             shutdown_signal().await;
             h2.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
         });
+        // The client's address reaches the handlers for the rate limit of
+        // routes without a token.
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         match (cert, key) {
             (Some(c), Some(k)) => {
                 let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(c, k).await.with_context(|| {
                     format!("cannot load the TLS certificate {} and key {}", c.display(), k.display())
                 })?;
-                axum_server::from_tcp_rustls(std_listener, tls)?
-                    .handle(handle)
-                    .serve(router.into_make_service())
-                    .await?;
+                let mut server = axum_server::from_tcp_rustls(std_listener, tls)?.handle(handle);
+                tune(server.http_builder(), limits.header_read_timeout_ms);
+                server.serve(service).await?;
             }
             _ => {
-                axum_server::from_tcp(std_listener)?.handle(handle).serve(router.into_make_service()).await?;
+                let mut server = axum_server::from_tcp(std_listener)?.handle(handle);
+                tune(server.http_builder(), limits.header_read_timeout_ms);
+                server.serve(service).await?;
             }
         }
         Ok(())
     })
+}
+
+/// Connection limits of the hub's listener. HTTP/1: a client must send a
+/// request's headers within `header_read_timeout_ms`, and the same bound
+/// closes a keep-alive connection that sends no next request (hyper starts
+/// the header timer as soon as it waits for the next request). A response
+/// in progress, such as the live event stream, is not cut: the timer only
+/// runs while headers are awaited. HTTP/2 (over TLS): the hub pings idle
+/// connections and drops those that do not answer. TLS handshakes have
+/// axum-server's own 10 s bound.
+pub fn tune(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    header_read_timeout_ms: u64,
+) {
+    use hyper_util::rt::TokioTimer;
+    use std::time::Duration;
+    let header = (header_read_timeout_ms > 0).then(|| Duration::from_millis(header_read_timeout_ms));
+    b.http1().timer(TokioTimer::new()).header_read_timeout(header).keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .max_concurrent_streams(Some(256));
 }
 
 async fn shutdown_signal() {

@@ -192,17 +192,27 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
         }
     }
     rt.block_on(async {
-        let app = local_app(dir, &config, asked_tx)?;
         let listener = tokio::net::TcpListener::bind(&api_addr)
             .await
             .map_err(|e| anyhow!("cannot serve the local API on {api_addr}: {e}; choose another with --ui ADDR"))?;
         let local = listener.local_addr()?;
+        // Reachable from other machines: every page and the API need a
+        // signed-in staff member.
+        let exposed = !local.ip().is_loopback();
+        if exposed && !j {
+            println!("the UI listens on {local}, not loopback: every page and API route needs a staff sign-in");
+        }
+        let app = local_app(dir, &config, asked_tx, exposed)?;
         if j {
             println!("{}", json!({"api": format!("http://{local}"), "ui": format!("http://{local}/")}));
         } else {
             println!("POS UI on http://{local}/ (sign in with a staff name and PIN)");
         }
-        let api = tokio::spawn(async move { axum::serve(listener, app).await });
+        // The same connection limits as the hub's: a slow or idle client
+        // of the UI (it may be on the shop's network) is dropped.
+        let mut server = axum_server::from_tcp(listener.into_std()?)?;
+        crate::hub_cmd::tune(server.http_builder(), UI_HEADER_READ_TIMEOUT_MS);
+        let api = tokio::spawn(async move { server.serve(app.into_make_service()).await });
         let backups = (config.backup.interval_s > 0).then(|| tokio::spawn(scheduled_backups(dir.to_path_buf(), config.clone())));
         let stop = async move {
             if exit_after_s > 0 {
@@ -237,9 +247,20 @@ pub fn run(dir: &Path, interval_s: Option<u64>, exit_after_s: u64, ui: Option<&s
     Ok(())
 }
 
+/// Longest a client of the till's UI and local API may take to send a
+/// request's headers, and longest an idle connection is kept, in ms.
+const UI_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
 /// The local API and the POS UI of a till, on one router: each with a
-/// connection of its own to the till's database.
-pub fn local_app(dir: &Path, config: &Config, sync_now: tokio::sync::mpsc::Sender<()>) -> Result<axum::Router> {
+/// connection of its own to the till's database. Security headers on every
+/// response; with `exposed` (not bound to loopback) a staff sign-in on
+/// every route but sign-in and assets.
+pub fn local_app(
+    dir: &Path,
+    config: &Config,
+    sync_now: tokio::sync::mpsc::Sender<()>,
+    exposed: bool,
+) -> Result<axum::Router> {
     let api_state = tillsync_node::api::ApiState {
         store: std::sync::Arc::new(std::sync::Mutex::new(open(dir)?)),
         config: std::sync::Arc::new(config.clone()),
@@ -247,7 +268,8 @@ pub fn local_app(dir: &Path, config: &Config, sync_now: tokio::sync::mpsc::Sende
         dir: dir.to_path_buf(),
     };
     let ui = tillsync_ui::UiState::new(open(dir)?, dir.to_path_buf(), config.clone(), sync_now, now_ms);
-    Ok(tillsync_node::api::router(api_state).merge(tillsync_ui::router(ui)))
+    let router = tillsync_node::api::router(api_state).merge(tillsync_ui::router(ui.clone()));
+    Ok(tillsync_ui::secure(router, ui, exposed))
 }
 
 fn admin(a: &AdminArgs) -> Result<HubClient> {
@@ -275,6 +297,31 @@ pub fn devices(cmd: DevicesCmd, j: bool) -> Result<()> {
                 .map_err(|_| anyhow!("'{device}' is not a device id: see `till devices list`"))?;
             let r = rt.block_on(admin(&a)?.revoke(&device))?;
             if j { output::json(&r) } else { println!("device {device} revoked") }
+        }
+        DevicesCmd::Rotate { data } => {
+            let dir = &data.data;
+            let store = open(dir)?;
+            let client = client_for(dir, &store)?;
+            let token = rt.block_on(client.rotate_token())?;
+            // The hub forgot the old token already: keep the new one at once,
+            // through the accessor that owns the token's storage.
+            tillsync_node::sync::save_token(dir, &token).map_err(|e| {
+                anyhow!("the hub gave a new token but it could not be kept ({e}); the till must be enrolled again")
+            })?;
+            let device = store.identity().device_id;
+            if j {
+                output::json(&json!({"device_id": device, "rotated": true}))
+            } else {
+                println!("device {device}: new token kept in {}; the old one no longer works", dir.display())
+            }
+        }
+        DevicesCmd::RotateAdmin { admin: a } => {
+            let token = rt.block_on(admin(&a)?.rotate_admin_token())?;
+            if j {
+                output::json(&json!({"admin_token": token}))
+            } else {
+                println!("new admin token (shown once, keep it safe; the old one no longer works): {token}")
+            }
         }
     }
     Ok(())

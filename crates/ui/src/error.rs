@@ -29,6 +29,18 @@ pub enum UiError {
 }
 
 impl UiError {
+    /// What the page shows: the message, except for a server error, whose
+    /// detail (SQL, file paths) is logged and replaced by a plain sentence,
+    /// since the UI may be reached from the shop's network.
+    pub fn public_message(&self) -> String {
+        if self.status().is_server_error() {
+            tracing::error!(detail = %self, "internal error in the UI");
+            "internal error: try again, and restart `till node run` if it persists".to_string()
+        } else {
+            self.to_string()
+        }
+    }
+
     /// The HTTP status an error page is sent with.
     pub fn status(&self) -> StatusCode {
         use tillsync_store::StoreError as S;

@@ -147,7 +147,7 @@ impl UiState {
                 let (status, body) = match f(store, &ctx) {
                     Ok(b) => (StatusCode::OK, b),
                     Err(e) => {
-                        (e.status(), html! { h1 { (title) } p class="flash err" role="alert" { (e.to_string()) } })
+                        (e.status(), html! { h1 { (title) } p class="flash err" role="alert" { (e.public_message()) } })
                     }
                 };
                 Ok((status, shell(&ctx, active, &title, &ind, &flash, body)))
@@ -155,7 +155,10 @@ impl UiState {
             .await;
         match r {
             Ok((status, page)) => (status, Html(page.into_string())).into_response(),
-            Err(e) => (e.status(), Html(format!("<!DOCTYPE html><title>Error</title><p>{e}</p>"))).into_response(),
+            Err(e) => {
+                let page = html! { (maud::DOCTYPE) title { "Error" } p { (e.public_message()) } };
+                (e.status(), Html(page.into_string())).into_response()
+            }
         }
     }
 
@@ -165,7 +168,7 @@ impl UiState {
         match r {
             Ok(m) if !m.is_empty() => self.flash(auth, Flash::Ok(m)),
             Ok(_) => {}
-            Err(e) => self.flash(auth, Flash::Err(e.to_string())),
+            Err(e) => self.flash(auth, Flash::Err(e.public_message())),
         }
         Redirect::to(to).into_response()
     }

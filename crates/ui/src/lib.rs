@@ -19,7 +19,7 @@ mod session;
 
 pub use error::UiError;
 pub use indicator::{SyncState, sync_state};
-pub use security::{FORM_BODY_LEN_MAX, security_headers, verify_origin};
+pub use security::{FORM_BODY_LEN_MAX, open_without_signin, secure, security_headers, verify_origin};
 pub use session::{
     Auth, CART_LINES_MAX, Cart, CartLine, LARGE_DISCOUNT_BP, SESSION_COOKIE, SESSION_IDLE_MS, SESSIONS_LEN_MAX,
     SIGNIN_FAILURES_MAX, SIGNIN_PAUSE_MS, Sessions,

@@ -2,10 +2,12 @@
 //! framed, sniffed or scripted from elsewhere, and a refusal of cross-site
 //! form posts (besides the session cookie being `SameSite=Strict`).
 
-use axum::extract::Request;
+use crate::UiState;
+use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 
 /// Largest form body accepted, in bytes.
 pub const FORM_BODY_LEN_MAX: usize = 16 * 1024;
@@ -23,6 +25,45 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
+}
+
+/// Whether a path is open without a session when the UI is reachable from
+/// other machines: the sign-in page and the static assets it needs.
+pub fn open_without_signin(path: &str) -> bool {
+    path == "/signin" || path.starts_with("/assets/")
+}
+
+/// Refuses every request without a live staff session, except the sign-in
+/// page and assets: pages redirect to `/signin`, the API answers 401.
+async fn signed_in_only(State(st): State<UiState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if open_without_signin(path) {
+        return next.run(req).await;
+    }
+    let now = (st.now_ms)();
+    let signed_in =
+        crate::session::token_from(req.headers()).is_some_and(|t| st.sessions.with(&t, now, |_| ()).is_some());
+    if signed_in {
+        return next.run(req).await;
+    }
+    let api = path.starts_with("/api/") || path == "/metrics" || path.starts_with("/ui/");
+    if api || !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let body = serde_json::json!({"code": "unauthorized", "message": "sign in on this till first"});
+        return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    }
+    Redirect::to("/signin").into_response()
+}
+
+/// The security layers for the till's whole listener (the UI merged with
+/// the node's local API): the security headers on every response, and, when
+/// the listener is reachable from other machines (`exposed`: not bound to
+/// loopback), a staff session on every route but sign-in and assets, so the
+/// status, metrics and "sync now" of the local API are not open to the
+/// network either.
+pub fn secure(router: Router, state: UiState, exposed: bool) -> Router {
+    let router =
+        if exposed { router.layer(axum::middleware::from_fn_with_state(state, signed_in_only)) } else { router };
+    router.layer(axum::middleware::from_fn(security_headers))
 }
 
 /// Whether an `Origin` header names the host the request was sent to.

@@ -100,6 +100,14 @@ pub struct Sessions {
     failures: Mutex<(u32, u64)>,
 }
 
+/// Sessions are kept under the SHA-256 of their cookie: looking a session
+/// up compares hashes, never the secret itself, so the map's key
+/// comparisons reveal nothing about a cookie through their timing.
+fn key(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    tillsync_core::change::hex(&Sha256::digest(token.as_bytes()))
+}
+
 fn new_token() -> String {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).expect("the OS provides randomness");
@@ -149,7 +157,7 @@ impl Sessions {
         }
         let token = new_token();
         m.insert(
-            token.clone(),
+            key(&token),
             Session {
                 staff_id,
                 name: name.to_string(),
@@ -167,9 +175,10 @@ impl Sessions {
     /// token is unknown or the session has expired.
     pub fn with<T>(&self, token: &str, now_ms: u64, f: impl FnOnce(&mut Session) -> T) -> Option<T> {
         let mut m = self.lock();
-        let s = m.get_mut(token)?;
+        let k = key(token);
+        let s = m.get_mut(&k)?;
         if now_ms.saturating_sub(s.last_ms) >= self.idle_ms {
-            m.remove(token);
+            m.remove(&k);
             return None;
         }
         s.last_ms = now_ms;
@@ -178,7 +187,7 @@ impl Sessions {
 
     /// Ends a session.
     pub fn remove(&self, token: &str) {
-        self.lock().remove(token);
+        self.lock().remove(&key(token));
     }
 
     /// Sessions held.

@@ -376,3 +376,21 @@ async fn wrong_pins_in_a_row_pause_sign_in() {
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     assert!(r.body.contains("too many wrong PINs"));
 }
+
+#[tokio::test]
+async fn a_server_error_page_shows_no_internal_detail() {
+    let t = till();
+    let cookie = sign_in(&t.app, "Alex", "1234").await;
+    // The till's database loses a table under the UI.
+    t.state.store.lock().unwrap().connection().execute_batch("DROP TABLE ledger").unwrap();
+    let r = get(&t.app, "/stock", &cookie).await;
+    assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", r.body);
+    // The page's own message (the header's sync indicator is the staff's
+    // diagnostic view of the sync and shows its last failure as it is).
+    let main = r.body.split("<main").nth(1).unwrap_or_default();
+    assert!(main.contains("internal error"), "{}", r.body);
+    let lower = main.to_lowercase();
+    for bad in ["no such table", "sqlite", "ledger", "/tmp/"] {
+        assert!(!lower.contains(bad), "the error page shows {bad:?}: {}", r.body);
+    }
+}

@@ -253,6 +253,11 @@ impl Hub {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// What the hub logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
 }
 
 impl Drop for Hub {

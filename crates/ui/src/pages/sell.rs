@@ -194,7 +194,9 @@ async fn cart_fragment(st: &UiState, auth: &Auth, msg: Option<Flash>) -> Respons
         .await;
     match r {
         Ok(m) => Html(m.into_string()).into_response(),
-        Err(e) => (e.status(), Html(format!("<p role=\"alert\">{e}</p>"))).into_response(),
+        Err(e) => {
+            (e.status(), Html(maud::html! { p role="alert" { (e.public_message()) } }.into_string())).into_response()
+        }
     }
 }
 
