@@ -42,6 +42,15 @@ impl Op {
 
     /// Checks the operation against the declarations.
     pub fn check(&self, schema: &Schema) -> Result<(), SchemaError> {
+        let hlc = match self {
+            Op::Write(w) => w.id.hlc,
+            Op::Insert(r) => r.hlc,
+        };
+        // Found by fuzzing: a reading past `Hlc::MAX` would overflow every
+        // clock that observes it.
+        if hlc > Hlc::MAX {
+            return Err(SchemaError::ClockOutOfRange(hlc.0));
+        }
         match self {
             Op::Write(w) => {
                 let t = schema.table(&w.table)?;

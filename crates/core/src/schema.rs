@@ -114,6 +114,8 @@ pub enum SchemaError {
     WrongKind(String, Kind),
     #[error("a row of '{0}' must be a JSON object")]
     NotObject(String),
+    #[error("clock reading {0} is out of range")]
+    ClockOutOfRange(u64),
 }
 
 /// Builder-style constructors keep declarations short.

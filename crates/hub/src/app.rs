@@ -192,10 +192,22 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         let bytes =
             axum::body::to_bytes(req.into_body(), BODY_DECODED_LEN_MAX).await.map_err(|_| HubError::TooLarge)?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {e}")))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a JSON request body (a push batch, an enrolment), as every
+/// handler does. Called by the fuzz targets too (`fuzz/`).
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
+    serde_json::from_slice(body).map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {e}")))
+}
+
+/// Decodes a request body sent with `Content-Encoding: zstd`, refusing one
+/// that decodes above [`BODY_DECODED_LEN_MAX`]. Called by the fuzz targets
+/// too (`fuzz/`).
+pub fn decode_zstd(raw: &[u8]) -> Result<Vec<u8>, HubError> {
+    zstd::bulk::decompress(raw, BODY_DECODED_LEN_MAX)
+        .map_err(|_| HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large"))
 }
 
 /// Who may call a route.
@@ -532,16 +544,13 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
             Ok(b) => b,
             Err(_) => return HubError::TooLarge.into_response(),
         };
-        match zstd::bulk::decompress(&raw, BODY_DECODED_LEN_MAX) {
+        match decode_zstd(&raw) {
             Ok(d) => {
                 parts.headers.remove(header::CONTENT_ENCODING);
                 parts.headers.remove(header::CONTENT_LENGTH);
                 Body::from(d)
             }
-            Err(_) => {
-                return HubError::bad("bad_encoding", "the body is not valid zstd or decodes too large")
-                    .into_response();
-            }
+            Err(e) => return e.into_response(),
         }
     } else {
         // Plain bodies get the wire limit too, before any handler reads them.
