@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("apply_batch", apply_batch),
     ("backup_manifest", backup_manifest),
     ("backup_object", backup_object),
+    ("pending_file", pending_file),
 ];
 
 /// The age identity the `backup_object` seeds are encrypted to (a test key,
@@ -234,4 +235,13 @@ pub fn backup_object(data: &[u8]) -> Outcome {
     let r = tillsync_backup::open_object(data, &ids).map_err(|e| e.to_string())?;
     std::io::copy(&mut r.take(OBJECT_READ_LEN_MAX), &mut std::io::sink()).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// A file of pending changes as `till node import-pending` reads it,
+/// imported into a fresh till of the same store, then used.
+pub fn pending_file(data: &[u8]) -> Outcome {
+    let file = tillsync_store::PendingFile::parse(data).map_err(|e| e.to_string())?;
+    let mut till = fresh_store(OTHER_DEVICE)?;
+    till.import_pending(NOW_MS, &file).map_err(|e| e.to_string())?;
+    exercise(&mut till)
 }

@@ -77,6 +77,9 @@ fn main() {
         write("apply_batch", &format!("{}-{}.json", c.lane, c.seq), &serde_json::to_vec(&one).expect("json"));
     }
 
+    let pending = serde_json::to_vec_pretty(&till.export_pending().expect("export")).expect("json");
+    write("pending_file", "pending.json", &pending);
+
     let page = PullResponse {
         entries: changes
             .iter()
