@@ -46,8 +46,8 @@ impl Op {
             Op::Write(w) => w.id.hlc,
             Op::Insert(r) => r.hlc,
         };
-        // Found by fuzzing: a reading past `Hlc::MAX` would overflow every
-        // clock that observes it.
+        // Found with the fuzz harness (`fuzz/regressions/`): a reading past
+        // `Hlc::MAX` overflowed the clock of every store that applied it.
         if hlc > Hlc::MAX {
             return Err(SchemaError::ClockOutOfRange(hlc.0));
         }

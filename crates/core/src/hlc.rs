@@ -13,9 +13,9 @@ impl Hlc {
 
     /// The highest valid reading: stores keep readings in SQLite's signed
     /// 64-bit integers. `Op::check` refuses an operation above it. (A
-    /// fuzzed push with `u64::MAX` made every later local write overflow
-    /// the clock: a panic in debug builds, a clock wrapped to 0 in release
-    /// builds.)
+    /// push with `u64::MAX`, run through the fuzz harness, made the next
+    /// local write overflow the clock: a panic in debug builds, a clock
+    /// wrapped to 0 in release builds.)
     pub const MAX: Hlc = Hlc(i64::MAX as u64);
 
     /// The highest reading a clock adopts from elsewhere (the year 4199 or
