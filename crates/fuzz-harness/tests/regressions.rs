@@ -82,3 +82,27 @@ fn the_generated_seeds_are_accepted() {
         }
     }
 }
+
+/// The hand-made hostile fixtures are refused, not merely survived: a
+/// clock reading past `Hlc::MAX`, a backup id with `../`, a zstd body that
+/// decodes past the limit, JSON nested past serde_json's depth limit.
+#[test]
+fn hostile_fixtures_are_refused() {
+    for (target, name) in [
+        ("apply_batch", "hlc-max-insert.json"),
+        ("apply_batch", "hlc-max-write.json"),
+        ("snapshot", "hlc-max.json"),
+        ("pending_file", "hlc-max-op.json"),
+        ("backup_manifest", "path-traversal-id.json"),
+        ("push", "zstd-bomb.bin"),
+        ("pull_page", "zstd-bomb.bin"),
+        ("push", "deep-nesting.json"),
+    ] {
+        let f = fuzz_dir().join("regressions").join(target).join(name);
+        match run(target, &f) {
+            Ok(Err(_)) => {}
+            Ok(Ok(())) => panic!("{} is accepted", f.display()),
+            Err(_) => panic!("{} panics", f.display()),
+        }
+    }
+}
