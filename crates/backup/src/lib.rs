@@ -161,6 +161,20 @@ pub struct Folder {
     pub dir: PathBuf,
 }
 
+/// Reads a manifest as every destination lists it (a folder, S3, the hub):
+/// JSON of this format, with an id that is safe in a file name. A manifest
+/// comes from storage the till does not control (a shared folder, a bucket,
+/// the hub), so an id like `../x` must not reach a path.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BackupError> {
+    let m: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| BackupError::Invalid(format!("not a backup manifest: {e}")))?;
+    if m.format != MANIFEST_FORMAT {
+        return Err(BackupError::Invalid("not a Tillsync backup manifest (unknown format)".into()));
+    }
+    check_id(&m.backup_id).map_err(|_| BackupError::Invalid("the manifest's backup id is not valid".into()))?;
+    Ok(m)
+}
+
 pub(crate) fn check_id(id: &str) -> Result<(), BackupError> {
     if id.is_empty() || id.len() > 100 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(BackupError::NotFound(id.chars().take(100).collect()));
@@ -202,8 +216,8 @@ impl Destination for Folder {
                 continue;
             }
             let Ok(text) = std::fs::read(e.path()) else { continue };
-            let Ok(m) = serde_json::from_slice::<Manifest>(&text) else { continue };
-            if m.format == MANIFEST_FORMAT && self.dir.join(format!("{}.{OBJECT_EXT}", m.backup_id)).exists() {
+            let Ok(m) = parse_manifest(&text) else { continue };
+            if self.dir.join(format!("{}.{OBJECT_EXT}", m.backup_id)).exists() {
                 out.push(m);
             }
         }
@@ -393,6 +407,19 @@ fn identities(unlock: &Unlock) -> Result<Vec<Box<dyn age::Identity>>, BackupErro
     }
 }
 
+/// Reads a backup object's age header and opens its decrypted,
+/// decompressed stream with the first identity that fits. The object comes
+/// from a destination the till does not control: anything it holds must
+/// end in an error, never a panic (fuzzed by `fuzz/`'s `backup_object`).
+pub fn open_object<'a, R: Read + 'a>(object: R, ids: &[Box<dyn age::Identity>]) -> Result<impl Read + 'a, BackupError> {
+    let dec = age::Decryptor::new(object).map_err(|_| BackupError::Damaged("not an age-encrypted object".into()))?;
+    let reader = dec.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| match e {
+        age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BackupError::Decrypt,
+        other => BackupError::Damaged(other.to_string()),
+    })?;
+    zstd::stream::Decoder::new(reader).map_err(|e| BackupError::Damaged(e.to_string()))
+}
+
 /// Decrypts and decompresses a backup into `out`, checking both digests;
 /// returns the manifest. `out` is removed if anything fails.
 pub fn extract(
@@ -409,13 +436,7 @@ pub fn extract(
         let plain_bytes;
         let plain_hash;
         {
-            let dec = age::Decryptor::new(&mut stored)
-                .map_err(|_| BackupError::Damaged("not an age-encrypted object".into()))?;
-            let reader = dec.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| match e {
-                age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BackupError::Decrypt,
-                other => BackupError::Damaged(other.to_string()),
-            })?;
-            let mut z = zstd::stream::Decoder::new(reader).map_err(|e| BackupError::Damaged(e.to_string()))?;
+            let mut z = open_object(&mut stored, &ids)?;
             let f = std::fs::File::create(out).map_err(io("cannot write the restored database"))?;
             let mut w = Tee { inner: BufWriter::with_capacity(BUF_LEN, f), hasher: Sha256::new(), bytes: 0 };
             let mut buf = vec![0u8; BUF_LEN];

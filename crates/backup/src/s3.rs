@@ -5,7 +5,7 @@
 //! name), and the manifest is put last, so a half-written backup is never
 //! listed. Downloads are streamed part by part into a `Read`.
 
-use crate::{BackupError, Destination, MANIFEST_EXT, MANIFEST_FORMAT, Manifest, OBJECT_EXT, check_id};
+use crate::{BackupError, Destination, MANIFEST_EXT, Manifest, OBJECT_EXT, check_id};
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as Key;
@@ -240,8 +240,8 @@ impl Destination for S3 {
         let mut out = vec![];
         for key in manifests {
             let Ok(bytes) = self.rt.block_on(async { self.store.get(&key).await?.bytes().await }) else { continue };
-            let Ok(m) = serde_json::from_slice::<Manifest>(&bytes) else { continue };
-            if m.format == MANIFEST_FORMAT && objects.contains(&m.backup_id) {
+            let Ok(m) = crate::parse_manifest(&bytes) else { continue };
+            if objects.contains(&m.backup_id) {
                 out.push(m);
             }
         }

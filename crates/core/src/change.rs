@@ -42,6 +42,15 @@ impl Op {
 
     /// Checks the operation against the declarations.
     pub fn check(&self, schema: &Schema) -> Result<(), SchemaError> {
+        let hlc = match self {
+            Op::Write(w) => w.id.hlc,
+            Op::Insert(r) => r.hlc,
+        };
+        // Found with the fuzz harness (`fuzz/regressions/`): a reading past
+        // `Hlc::MAX` overflowed the clock of every store that applied it.
+        if hlc > Hlc::MAX {
+            return Err(SchemaError::ClockOutOfRange(hlc.0));
+        }
         match self {
             Op::Write(w) => {
                 let t = schema.table(&w.table)?;

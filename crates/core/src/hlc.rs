@@ -11,6 +11,19 @@ pub struct Hlc(pub u64);
 impl Hlc {
     const COUNTER_BITS: u32 = 16;
 
+    /// The highest valid reading: stores keep readings in SQLite's signed
+    /// 64-bit integers. `Op::check` refuses an operation above it. (A
+    /// push with `u64::MAX`, run through the fuzz harness, made the next
+    /// local write overflow the clock: a panic in debug builds, a clock
+    /// wrapped to 0 in release builds.)
+    pub const MAX: Hlc = Hlc(i64::MAX as u64);
+
+    /// The highest reading a clock adopts from elsewhere (the year 4199 or
+    /// so). A clock at or below it has 2^62 ticks to go before its own
+    /// readings pass [`Hlc::MAX`], so a hostile reading can neither
+    /// overflow a clock nor make its later writes invalid.
+    pub const OBSERVE_MAX: Hlc = Hlc(Self::MAX.0 >> 1);
+
     /// A reading at `wall_ms` with counter 0.
     pub fn from_wall_ms(wall_ms: u64) -> Self {
         Hlc(wall_ms << Self::COUNTER_BITS)
@@ -56,9 +69,10 @@ impl HlcClock {
     }
 
     /// Merges a reading received from another device or the hub, so that
-    /// every later local reading is above it.
+    /// every later local reading is above it. A reading above
+    /// [`Hlc::OBSERVE_MAX`] is not adopted (see there).
     pub fn observe(&mut self, remote: Hlc) {
-        if remote > self.last {
+        if remote > self.last && remote <= Hlc::OBSERVE_MAX {
             self.last = remote;
         }
     }
@@ -86,6 +100,17 @@ mod tests {
         c.tick(10);
         c.observe(Hlc::from_wall_ms(5_000));
         assert!(c.tick(20) > Hlc::from_wall_ms(5_000));
+    }
+
+    #[test]
+    fn readings_past_max_are_not_observed_so_tick_cannot_overflow() {
+        let mut c = HlcClock::new(Hlc::default());
+        c.observe(Hlc(u64::MAX));
+        c.observe(Hlc::MAX);
+        assert_eq!(c.last(), Hlc::default());
+        c.observe(Hlc::OBSERVE_MAX);
+        let t = c.tick(1);
+        assert!(t > Hlc::OBSERVE_MAX && t <= Hlc::MAX);
     }
 
     #[test]

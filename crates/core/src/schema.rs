@@ -132,6 +132,8 @@ pub enum SchemaError {
         "field '{table}.{field}' looks like it holds a full card number; card numbers are never stored: keep only the brand and the last four digits"
     )]
     CardNumber { table: String, field: String },
+    #[error("clock reading {0} is out of range")]
+    ClockOutOfRange(u64),
 }
 
 /// Builder-style constructors keep declarations short.

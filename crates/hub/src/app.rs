@@ -240,10 +240,15 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<
     async fn from_request(req: Request, _: &S) -> Result<Self, Self::Rejection> {
         let bytes =
             axum::body::to_bytes(req.into_body(), BODY_DECODED_LEN_MAX).await.map_err(|_| HubError::TooLarge)?;
-        serde_json::from_slice(&bytes)
-            .map(JsonBody)
-            .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {}", public_detail(&e.to_string()))))
+        decode_json(&bytes).map(JsonBody)
     }
+}
+
+/// Decodes a JSON request body (a push batch, an enrolment), as every
+/// handler does. Called by the fuzz targets too (`fuzz/`).
+pub fn decode_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HubError> {
+    serde_json::from_slice(body)
+        .map_err(|e| HubError::bad("bad_json", format!("the body is not valid: {}", public_detail(&e.to_string()))))
 }
 
 /// A decoding error's message without the server's type names (serde says

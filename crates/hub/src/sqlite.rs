@@ -331,7 +331,7 @@ impl SqliteHub {
 
 /// Splits a change's operations by scope: tenant-wide operations (record
 /// writes, tenant ledgers) and one part per store for store ledgers.
-pub(crate) fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
+pub fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
     let mut parts: BTreeMap<Option<Uuid>, Vec<WireOp>> = BTreeMap::new();
     for (op, w) in ops.iter().zip(wire) {
         let scope = match op {
@@ -412,7 +412,7 @@ fn chain_at(conn: &Connection, pos: u64) -> Result<Option<String>, HubError> {
 /// `relayed` gives the store of each other device of the tenant named as an
 /// origin: a till may relay another till's changes (imported pending
 /// changes, a restored till), unchanged, within its own store.
-pub(crate) fn validate(
+pub fn validate(
     schema: &Schema,
     dev: &DeviceAuth,
     ops: &[Op],
@@ -444,7 +444,7 @@ pub(crate) fn validate(
 
 /// Devices other than the caller named as origins in a push (at most
 /// 1,000 are looked up: a till relays its own store's few devices).
-pub(crate) fn other_origins(dev: &DeviceAuth, req: &PushRequest) -> Vec<Uuid> {
+pub fn other_origins(dev: &DeviceAuth, req: &PushRequest) -> Vec<Uuid> {
     let mut others: std::collections::BTreeSet<Uuid> = std::collections::BTreeSet::new();
     for c in &req.changes {
         for op in &c.ops {

@@ -1870,7 +1870,8 @@ async fn a_card_number_from_a_till_is_quarantined_and_kept_masked(backend: Backe
     let stored = hub_stored_text(&w._backing);
     assert!(!stored.contains(card), "the hub stored the card number");
     assert!(stored.contains("**** **** **** 1111"), "the quarantine keeps the change, masked");
-    assert!(!snapshot_of(&w.router, w.a1.token()).await.text.contains("1111"), "the change was applied");
+    // (The row id, not "1111": times and digests may hold those digits.)
+    assert!(!snapshot_of(&w.router, w.a1.token()).await.text.contains(&id.to_string()), "the change was applied");
 }
 
 on_every_backend!(

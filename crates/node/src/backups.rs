@@ -114,7 +114,7 @@ impl Destination for HubBackups {
                 continue;
             }
             let text = self.read_file(o.device_id, &o.name)?;
-            if let Ok(m) = serde_json::from_slice::<Manifest>(&text) {
+            if let Ok(m) = tillsync_backup::parse_manifest(&text) {
                 out.push(m);
             }
         }

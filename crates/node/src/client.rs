@@ -90,6 +90,31 @@ pub struct BackupObjectInfo {
     pub modified_ms: u64,
 }
 
+/// Decodes an answer of the hub (a pull page, a snapshot, an error body):
+/// zstd when the hub says so (bounded by [`RESPONSE_LEN_MAX`]), then JSON.
+/// The hub is across a network: anything it sends must end in an error,
+/// never a panic (fuzzed by `fuzz/`'s `pull_page` and `snapshot`).
+pub fn decode_answer<T: DeserializeOwned>(status: u16, zstd: bool, raw: &[u8]) -> Result<T, SyncError> {
+    let decoded;
+    let body = if zstd {
+        decoded = zstd::bulk::decompress(raw, RESPONSE_LEN_MAX)
+            .map_err(|e| SyncError::Network(format!("bad zstd from the hub: {e}")))?;
+        &decoded[..]
+    } else {
+        raw
+    };
+    if !(200..300).contains(&status) {
+        let shown = reqwest::StatusCode::from_u16(status).map(|s| s.to_string()).unwrap_or_else(|_| status.to_string());
+        let err: ErrorBody = serde_json::from_slice(body).unwrap_or(ErrorBody {
+            code: "http".into(),
+            message: format!("the hub answered {shown}"),
+            expected: None,
+        });
+        return Err(SyncError::Hub { status, code: err.code, message: err.message });
+    }
+    serde_json::from_slice(body).map_err(|e| SyncError::Network(format!("unreadable answer from the hub: {e}")))
+}
+
 impl HubClient {
     /// A client for the hub at `url` (https://..., or http:// on loopback).
     pub fn new(url: &str, token: Option<String>, opts: &ClientOptions) -> Result<HubClient, SyncError> {
@@ -170,24 +195,12 @@ impl HubClient {
             .map(|s| s.saturating_mul(1_000).clamp(RETRY_AFTER_MS_MIN, RETRY_AFTER_MS_MAX));
         let zstd = resp.headers().get(CONTENT_ENCODING).is_some_and(|v| v == "zstd");
         let raw = resp.bytes().await.map_err(SyncError::from_reqwest)?;
-        let body = if zstd {
-            zstd::bulk::decompress(&raw, RESPONSE_LEN_MAX)
-                .map_err(|e| SyncError::Network(format!("bad zstd from the hub: {e}")))?
-        } else {
-            raw.to_vec()
-        };
-        if !status.is_success() {
-            let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
-                code: "http".into(),
-                message: format!("the hub answered {status}"),
-                expected: None,
-            });
-            if status.as_u16() == 429 && err.code == "rate_limited" {
-                return Err(SyncError::RateLimited { retry_after_ms: retry_after_ms.unwrap_or(RETRY_AFTER_MS_MIN) });
+        match decode_answer(status.as_u16(), zstd, &raw) {
+            Err(SyncError::Hub { status: 429, code, .. }) if code == "rate_limited" => {
+                Err(SyncError::RateLimited { retry_after_ms: retry_after_ms.unwrap_or(RETRY_AFTER_MS_MIN) })
             }
-            return Err(SyncError::Hub { status: status.as_u16(), code: err.code, message: err.message });
+            other => other,
         }
-        serde_json::from_slice(&body).map_err(|e| SyncError::Network(format!("unreadable answer from the hub: {e}")))
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, SyncError> {

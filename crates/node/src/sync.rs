@@ -4,7 +4,7 @@
 use crate::client::{ClientOptions, HubClient};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use tillsync_core::wire::{PushRequest, WireChange};
+use tillsync_core::wire::{PullResponse, PushRequest, Snapshot, WireChange};
 use tillsync_core::{Hlc, IdGen, Lane, Op, Schema};
 use tillsync_store::{Identity, Store, StoreError};
 
@@ -171,6 +171,16 @@ pub async fn enrol_and_bootstrap(
 /// the pull cursor to the snapshot's, in one transaction.
 pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), SyncError> {
     let snap = client.snapshot().await?;
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    apply_snapshot(store, &snap, now)?;
+    Ok(())
+}
+
+/// Merges a decoded snapshot into the store (see [`bootstrap`]); returns how
+/// many operations this till relays back. A separate function so the fuzz
+/// target `snapshot` (`fuzz/`) runs exactly this code.
+pub fn apply_snapshot(store: &mut Store, snap: &Snapshot, now_ms: u64) -> Result<u64, SyncError> {
     let ops: Vec<Op> = snap
         .ops
         .iter()
@@ -179,14 +189,25 @@ pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), Sync
         .map_err(|e| SyncError::Network(format!("the hub's snapshot is malformed: {e}")))?;
     // What this till holds and the hub lacks (a hub restored to an earlier
     // state) goes back to the hub with the next push.
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let relayed = store.relay_missing(now, &ops)?;
+    let relayed = store.relay_missing(now_ms, &ops)?;
     if relayed > 0 {
         tracing::warn!(relayed, "the hub lacks changes this till holds (was it restored?): sending them back");
     }
     store.apply_pulled_tagged(&ops, snap.cursor, snap.cursor_tag.as_deref())?;
-    Ok(())
+    Ok(relayed)
+}
+
+/// The domain operations of a pulled page, in order. A separate function so
+/// the fuzz targets `pull_page` and `apply_batch` (`fuzz/`) run exactly this
+/// code.
+pub fn page_ops(page: &PullResponse) -> Result<Vec<Op>, SyncError> {
+    let mut ops: Vec<Op> = Vec::new();
+    for e in &page.entries {
+        for w in &e.ops {
+            ops.push(Op::try_from(w).map_err(|e| SyncError::Network(format!("malformed change from the hub: {e}")))?);
+        }
+    }
+    Ok(ops)
 }
 
 /// One sync round: push every lane (sales first), then pull every page.
@@ -378,14 +399,7 @@ async fn round(
             }
             Err(e) => return Err(e),
         };
-        let mut ops: Vec<Op> = Vec::new();
-        for e in &page.entries {
-            for w in &e.ops {
-                ops.push(
-                    Op::try_from(w).map_err(|e| SyncError::Network(format!("malformed change from the hub: {e}")))?,
-                );
-            }
-        }
+        let ops = page_ops(&page)?;
         report.pulled += page.entries.len() as u64;
         // Received bytes are counted per lane as sent bytes are; an entry's
         // lane follows from its operations, as it did on the sending till.

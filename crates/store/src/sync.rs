@@ -156,6 +156,15 @@ pub struct PendingFile {
     pub changes: Vec<Change>,
 }
 
+impl PendingFile {
+    /// Reads a file of pending changes (`till node import-pending`); it may
+    /// come from another machine, so anything in it ends in an error,
+    /// never a panic (fuzzed by `fuzz/`'s `pending_file`).
+    pub fn parse(bytes: &[u8]) -> Result<PendingFile, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Invalid(format!("not a file of pending changes: {e}")))
+    }
+}
+
 /// What an import did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ImportReport {

@@ -435,9 +435,8 @@ pub fn run(args: Cli) -> Result<()> {
         }
         Command::ImportPending { data, file } => {
             let mut store = open(&data.data)?;
-            let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let pf: tillsync_store::PendingFile = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("{} is not a file of pending changes: {e}", file.display()))?;
+            let text = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let pf = tillsync_store::PendingFile::parse(&text).map_err(|e| anyhow!("{}: {e}", file.display()))?;
             let r = store.import_pending(now_ms(), &pf)?;
             if j {
                 output::json(&r);
