@@ -159,6 +159,8 @@ pub async fn enrol_and_bootstrap_keyed(
     if dir.join(tillsync_store::DB_FILE).exists() {
         return Err(SyncError::Config(format!("{} already holds a till; choose another folder", dir.display())));
     }
+    // A passphrase that cannot be read is found before the code is spent.
+    tillsync_store::keys::check(spec)?;
     let anon = HubClient::new(url, None, opts)?;
     let e = anon.enrol(code, name).await?;
     let identity = Identity {

@@ -276,6 +276,18 @@ pub fn provision(dir: &Path, spec: &KeySpec) -> Result<DbKey, StoreError> {
     Ok(key)
 }
 
+/// Checks that `spec` can give a key (a readable passphrase, a readable
+/// key file when it exists) without writing anything: callers check
+/// before spending a one-time enrolment code.
+pub fn check(spec: &KeySpec) -> Result<(), StoreError> {
+    match spec {
+        KeySpec::KeyFile(p) if p.exists() => Source::KeyFile(p.clone()).load().map(drop),
+        KeySpec::PassphraseFile(p) => Source::PassphraseFile(p.clone()).load().map(drop),
+        KeySpec::PassphraseEnv => Source::PassphraseEnv.load().map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// Where the folder's key is recorded: `till.keyref`, else `till.key`,
 /// else nothing (a plaintext database).
 fn recorded(dir: &Path) -> Result<Option<Source>, StoreError> {
@@ -326,6 +338,8 @@ pub fn apply(conn: &Connection, key: &DbKey, db: &Path) -> Result<(), StoreError
     quiet(conn);
     if !matches!(key, DbKey::Plaintext) {
         conn.pragma_update(None, "key", key.sql_value())?;
+        // SQLCipher sets its default logging when a key first activates it.
+        quiet(conn);
     }
     match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
         Ok(_) => Ok(()),
@@ -337,7 +351,7 @@ pub fn apply(conn: &Connection, key: &DbKey, db: &Path) -> Result<(), StoreError
                     db.parent().unwrap_or(Path::new(".")).display()
                 ),
                 _ => format!(
-                    "the key does not open {} (wrong key file or passphrase, or the file is not a till database): check the key; a lost key cannot be recovered: restore from a backup",
+                    "the key does not open {}: a wrong key file or passphrase, or the database is damaged (encrypted, the two look alike): check the key; a lost key or a damaged database cannot be recovered: restore from a backup (`till backup restore`)",
                     db.display()
                 ),
             }))
@@ -541,6 +555,7 @@ pub fn export(src: &Path, src_key: &DbKey, dst: &Path, dst_key: &DbKey) -> Resul
     quiet(&out);
     if !matches!(dst_key, DbKey::Plaintext) {
         out.pragma_update(None, "key", dst_key.sql_value())?;
+        quiet(&out);
     }
     // Deleted rows (a device token removed from a backup) are overwritten.
     out.pragma_update(None, "secure_delete", "ON")?;

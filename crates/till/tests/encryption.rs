@@ -73,6 +73,7 @@ fn a_wrong_or_missing_key_fails_with_what_to_do() {
     let o = fails(&["status", "--data", p(&d)]);
     assert!(o.stderr.contains("the key does not open") && o.stderr.contains("restore"), "{}", o.stderr);
     assert!(!o.stderr.contains("file is not a database"), "{}", o.stderr);
+    assert_eq!(o.stderr.lines().count(), 1, "one line, no SQLCipher log: {}", o.stderr);
     let o = fails(&["sale", "--data", p(&d), "--item", "LATTE", "--pay", "cash"]);
     assert!(o.stderr.contains("the key does not open"), "{}", o.stderr);
 
