@@ -1,5 +1,7 @@
 //! Backups of a till: a consistent snapshot of the node database taken while
-//! the till keeps selling (the online backup API in one read transaction), compressed
+//! the till keeps selling (`sqlcipher_export` in one read transaction, into
+//! a database encrypted with a fresh key that travels inside the
+//! age-encrypted object, so no plaintext copy touches the disk), compressed
 //! with zstd and encrypted with age (a passphrase or a recipient key;
 //! encryption is not optional), streamed so memory does not grow with the
 //! database, with a manifest that records who, when, the sync position and
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use tillsync_core::change::hex;
+use tillsync_store::keys::{self, DbKey};
 use uuid::Uuid;
 
 /// The manifest's format tag.
@@ -34,9 +37,6 @@ const BUF_LEN: usize = 256 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// zstd worker threads: compression runs beside hashing and encryption.
 const ZSTD_WORKERS: u32 = 2;
-/// Times a locked database is retried for the snapshot, and the pause.
-const SNAPSHOT_TRIES_MAX: u32 = 100;
-const SNAPSHOT_RETRY_MS: u64 = 50;
 
 /// Errors of backups, said so that they can be acted on.
 #[derive(Debug, thiserror::Error)]
@@ -260,32 +260,34 @@ fn encryptor(key: &Key) -> Result<age::Encryptor, BackupError> {
     }
 }
 
-/// Copies the database into `snap` with SQLite's online backup API in one
-/// step: one read transaction of the WAL database, so sales keep
-/// committing and never restart the copy; pages are copied as they are
-/// (faster than `VACUUM INTO`, which rebuilds every b-tree).
-fn snapshot(conn: &rusqlite::Connection, snap: &Path) -> Result<(), BackupError> {
-    let fail = |e: rusqlite::Error| BackupError::Io(format!("cannot snapshot: {e}"));
-    let mut dst = rusqlite::Connection::open(snap).map_err(fail)?;
-    {
-        let b = rusqlite::backup::Backup::new(conn, &mut dst).map_err(fail)?;
-        let mut tries = 0;
-        loop {
-            match b.step(-1).map_err(fail)? {
-                rusqlite::backup::StepResult::Done => break,
-                rusqlite::backup::StepResult::More => {}
-                _ if tries < SNAPSHOT_TRIES_MAX => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(SNAPSHOT_RETRY_MS));
-                }
-                _ => return Err(BackupError::Io("cannot snapshot: the database stayed locked".into())),
-            }
-        }
-    }
-    // A plain rollback-journal file: nothing beside it when it is restored.
-    dst.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(())).map_err(fail)?;
+/// Copies the till database into `snap`, a new database encrypted with
+/// `snap_key` (a fresh random key that travels only inside the
+/// age-encrypted object), in one read transaction of the WAL database, so
+/// sales keep committing. SQLCipher copies between different keys only
+/// with `sqlcipher_export`, which rebuilds every b-tree (slower than the
+/// page copy of the online backup API, which it refuses here). The device
+/// token is left out: a restored till enrols again.
+fn snapshot(db: &Path, snap: &Path, snap_key: &DbKey) -> Result<(), BackupError> {
+    let fail = |e: tillsync_store::StoreError| BackupError::Io(format!("cannot snapshot: {e}"));
+    let db_key = keys::resolve(db).map_err(fail)?;
+    keys::export(db, &db_key, snap, snap_key).map_err(fail)?;
+    let conn = rusqlite::Connection::open(snap).map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
+    keys::apply(&conn, snap_key, snap).map_err(fail)?;
+    conn.pragma_update(None, "secure_delete", "ON")
+        .and_then(|_| conn.execute("DELETE FROM meta WHERE key = ?1", [DEVICE_TOKEN_META]))
+        .map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
     Ok(())
 }
+
+/// The `meta` key of the device token (kept in the encrypted database,
+/// never in a backup).
+pub const DEVICE_TOKEN_META: &str = "device_token";
+
+/// The header of the decrypted stream: a tag and the snapshot's key (hex).
+/// Backups made before encryption at rest start with the plaintext
+/// database itself.
+const SNAPSHOT_KEY_TAG: &[u8; 4] = b"TSK1";
+const SNAPSHOT_HEADER_LEN: usize = 4 + 64 + 1;
 
 /// Creates a backup of the till database at `db` into `dest`. `work` is a
 /// folder for the temporary snapshot and object (beside the till is best).
@@ -297,8 +299,7 @@ pub fn create(
     now_ms: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(|e| BackupError::Io(format!("cannot open {}: {e}", db.display())))?;
+    let (conn, _) = keys::open(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| BackupError::Io(e.to_string()))?;
     let meta = |k: &str| -> Result<String, BackupError> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, String>(0))
@@ -321,7 +322,8 @@ pub fn create(
     let snap = work.join(format!(".{backup_id}.snapshot.db"));
     let obj = work.join(format!(".{backup_id}.object"));
     let _ = std::fs::remove_file(&snap);
-    snapshot(&conn, &snap)?;
+    let snap_key = DbKey::random()?;
+    snapshot(db, &snap, &snap_key)?;
     let schema_version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| BackupError::Io(e.to_string()))?;
     let manifest_base = Manifest {
@@ -359,6 +361,10 @@ pub fn create(
             let enc = encryptor(key)?.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
             let mut z = zstd::stream::Encoder::new(enc, ZSTD_LEVEL).map_err(io("cannot compress"))?;
             z.multithread(ZSTD_WORKERS).map_err(io("cannot compress"))?;
+            let DbKey::Raw(h) = &snap_key else { unreachable!("a random key is raw") };
+            z.write_all(SNAPSHOT_KEY_TAG).map_err(io("cannot compress"))?;
+            z.write_all(h.as_bytes()).map_err(io("cannot compress"))?;
+            z.write_all(b"\n").map_err(io("cannot compress"))?;
             let mut buf = vec![0u8; BUF_LEN];
             loop {
                 let n = input.read(&mut buf).map_err(io("cannot read the snapshot"))?;
@@ -421,24 +427,37 @@ pub fn open_object<'a, R: Read + 'a>(object: R, ids: &[Box<dyn age::Identity>]) 
 }
 
 /// Decrypts and decompresses a backup into `out`, checking both digests;
-/// returns the manifest. `out` is removed if anything fails.
+/// returns the key of the database written (a fresh key made for the
+/// backup; plaintext for backups made before encryption at rest). `out`
+/// is removed if anything fails.
 pub fn extract(
     dest: &dyn Destination,
     m: &Manifest,
     unlock: &Unlock,
     out: &Path,
     mut progress: impl FnMut(u64, u64),
-) -> Result<(), BackupError> {
+) -> Result<DbKey, BackupError> {
     let r = (|| {
         let raw = dest.open(&m.backup_id)?;
         let mut stored = TeeRead { inner: raw, hasher: Sha256::new(), bytes: 0 };
         let ids = identities(unlock)?;
+        let mut snap_key = DbKey::Plaintext;
         let plain_bytes;
         let plain_hash;
         {
             let mut z = open_object(&mut stored, &ids)?;
             let f = std::fs::File::create(out).map_err(io("cannot write the restored database"))?;
             let mut w = Tee { inner: BufWriter::with_capacity(BUF_LEN, f), hasher: Sha256::new(), bytes: 0 };
+            let mut head = [0u8; SNAPSHOT_HEADER_LEN];
+            z.read_exact(&mut head).map_err(|e| {
+                BackupError::Damaged(format!("the object does not decrypt or decompress to the end ({e})"))
+            })?;
+            if head.starts_with(SNAPSHOT_KEY_TAG) {
+                snap_key = DbKey::parse_raw(&String::from_utf8_lossy(&head[4..SNAPSHOT_HEADER_LEN - 1]))
+                    .ok_or_else(|| BackupError::Damaged("the snapshot's key is unreadable".into()))?;
+            } else {
+                w.write_all(&head).map_err(io("cannot write the restored database"))?;
+            }
             let mut buf = vec![0u8; BUF_LEN];
             loop {
                 let n = z.read(&mut buf).map_err(|e| {
@@ -467,7 +486,7 @@ pub fn extract(
         if plain_hash != m.plaintext_sha256 || plain_bytes != m.plaintext_bytes {
             return Err(BackupError::Damaged("the decrypted database does not match the manifest's SHA-256".into()));
         }
-        Ok(())
+        Ok(snap_key)
     })();
     if r.is_err() {
         let _ = std::fs::remove_file(out);
@@ -502,10 +521,11 @@ pub fn verify_with_progress(
     let m = pick(dest, id)?;
     std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
     let tmp = work.join(format!(".{}.verify.db", m.backup_id));
-    extract(dest, &m, unlock, &tmp, progress)?;
+    let snap_key = extract(dest, &m, unlock, &tmp, progress)?;
     let r = (|| {
         let conn = rusqlite::Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| BackupError::Damaged(e.to_string()))?;
+        keys::apply(&conn, &snap_key, &tmp).map_err(|e| BackupError::Damaged(e.to_string()))?;
         let integrity: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| BackupError::Damaged(e.to_string()))?;
@@ -539,14 +559,16 @@ pub fn prune(dest: &dyn Destination, keep: usize) -> Result<Vec<String>, BackupE
     Ok(removed)
 }
 
-/// Restores a backup into a new till folder (refused if it holds a till).
-/// Returns the manifest; a hub till must then re-enrol as a new device (the
-/// caller does that: the device token is never in a backup).
+/// Restores a backup into a new till folder (refused if it holds a till),
+/// under a new key made as `spec` says (the lost till's key is not
+/// needed). Returns the manifest; a hub till must then re-enrol as a new
+/// device (the caller does that: the device token is never in a backup).
 pub fn restore_files(
     dest: &dyn Destination,
     id: Option<&str>,
     unlock: &Unlock,
     into: &Path,
+    spec: &keys::KeySpec,
     progress: impl FnMut(u64, u64),
 ) -> Result<Manifest, BackupError> {
     if into.join(tillsync_store::DB_FILE).exists() {
@@ -557,8 +579,24 @@ pub fn restore_files(
     }
     let m = pick(dest, id)?;
     std::fs::create_dir_all(into).map_err(io("cannot create the folder"))?;
-    extract(dest, &m, unlock, &into.join(tillsync_store::DB_FILE), progress)?;
-    Ok(m)
+    // The snapshot is unpacked beside the till (still encrypted with its
+    // own key) and copied under the till's new key.
+    let tmp = into.join(format!(".{}.restore.db", m.backup_id));
+    let _ = std::fs::remove_file(&tmp);
+    let r = (|| {
+        let snap_key = extract(dest, &m, unlock, &tmp, progress)?;
+        let key = keys::provision(into, spec)?;
+        keys::export(&tmp, &snap_key, &into.join(tillsync_store::DB_FILE), &key)?;
+        Ok(m)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    if r.is_err() {
+        for f in keys::key_files(into) {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = std::fs::remove_file(into.join(tillsync_store::DB_FILE));
+    }
+    r
 }
 
 /// A download read chunk by chunk as it arrives, driving its stream on a

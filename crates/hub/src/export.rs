@@ -66,7 +66,16 @@ impl SqliteHub {
     /// time, milliseconds since the epoch) into the new folder `out`.
     /// Refused when `out` exists, when the tenant or store is unknown, and
     /// when `at_ms` is older than the log still holds after compaction.
-    pub fn export_at(&self, tenant: Uuid, store: Uuid, at_ms: u64, out: &Path) -> Result<Exported, HubError> {
+    /// The folder's database is encrypted as `spec` says (`till hub export`
+    /// gives it a key file of its own by default).
+    pub fn export_at(
+        &self,
+        tenant: Uuid,
+        store: Uuid,
+        at_ms: u64,
+        out: &Path,
+        spec: &tillsync_store::keys::KeySpec,
+    ) -> Result<Exported, HubError> {
         if out.exists() {
             return Err(bad("out_exists", format!("{} exists: export into a new folder", out.display())));
         }
@@ -149,7 +158,8 @@ impl SqliteHub {
         // The export makes no ids of its own; a seed from its key is enough.
         let seed: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let r = (|| {
-            let mut st = Store::create(out, identity, tillsync_core::Schema::standard(), IdGen::from_seed(seed))?;
+            let mut st =
+                Store::create_keyed(out, identity, tillsync_core::Schema::standard(), IdGen::from_seed(seed), spec)?;
             st.apply_pulled(&ops, 0)?;
             st.set_meta("export_at_ms", &at_ms.to_string())?;
             let digest = st.digests_for(Some(store))?.0;

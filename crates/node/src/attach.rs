@@ -7,12 +7,13 @@
 //! hub tenant's ids. The old folder is kept beside the new one.
 
 use crate::client::ClientOptions;
-use crate::sync::{SyncError, enrol_and_bootstrap};
+use crate::sync::{SyncError, enrol_and_bootstrap_keyed};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use tillsync_core::schema::{Kind, tables};
 use tillsync_core::{IdGen, Schema, derived_id};
 use tillsync_store::Store;
+use tillsync_store::keys::KeySpec;
 use uuid::Uuid;
 
 /// Ledger rows per replayed change.
@@ -42,7 +43,8 @@ pub struct AttachReport {
     pub old_data: PathBuf,
 }
 
-/// Attaches the standalone till in `dir` to a hub.
+/// Attaches the standalone till in `dir` to a hub; the attached till's
+/// database gets a new key in `DIR/till.key`.
 pub async fn attach(
     dir: &Path,
     url: &str,
@@ -50,6 +52,20 @@ pub async fn attach(
     opts: &ClientOptions,
     ids: IdGen,
     now_ms: impl Fn() -> u64,
+) -> Result<AttachReport, SyncError> {
+    attach_keyed(dir, url, code, opts, ids, now_ms, &KeySpec::Folder).await
+}
+
+/// [`attach`] with the attached till's key made as `spec` says (the old
+/// folder keeps its own key).
+pub async fn attach_keyed(
+    dir: &Path,
+    url: &str,
+    code: &str,
+    opts: &ClientOptions,
+    ids: IdGen,
+    now_ms: impl Fn() -> u64,
+    spec: &KeySpec,
 ) -> Result<AttachReport, SyncError> {
     let old = Store::open(dir, Schema::standard(), IdGen::from_u64(now_ms()))?;
     if old.identity().mode != "standalone" {
@@ -62,7 +78,7 @@ pub async fn attach(
         std::fs::remove_dir_all(&staging)
             .map_err(|e| SyncError::Config(format!("cannot clear {}: {e}", staging.display())))?;
     }
-    let mut new = enrol_and_bootstrap(&staging, url, code, &name, opts, ids).await?;
+    let mut new = enrol_and_bootstrap_keyed(&staging, url, code, &name, opts, ids, spec).await?;
     let tenant = new.identity().tenant_id;
     let mut records_created = 0u64;
     let schema = old.schema().clone();

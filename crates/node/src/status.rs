@@ -96,6 +96,7 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
         _ => None,
     };
     o.insert("offline_warning".into(), json!(offline_warning));
+    o.insert("encryption".into(), json!(store.encryption()));
     o.insert("pushed".into(), json!(meta_u64(store, "pushed_total")?));
     o.insert("pulled".into(), json!(meta_u64(store, "pulled_total")?));
     o.insert("clock_skew_ms".into(), json!(s.skew_ms));

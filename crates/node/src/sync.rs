@@ -6,6 +6,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tillsync_core::wire::{PullResponse, PushRequest, Snapshot, WireChange};
 use tillsync_core::{Hlc, IdGen, Lane, Op, Schema};
+use tillsync_store::keys::KeySpec;
 use tillsync_store::{Identity, Store, StoreError};
 
 /// Errors of syncing. Messages say what to do.
@@ -77,31 +78,45 @@ pub const PULL_PAGE_LEN: usize = 500;
 /// Pages a round may pull before yielding (the driver calls again).
 const PULL_PAGES_MAX: usize = 10_000;
 
-/// The file holding the device token (mode 0600).
+/// The file that held the device token before it moved into the
+/// encrypted database; read once and removed by [`load_token`].
 pub fn token_path(dir: &Path) -> PathBuf {
     dir.join("device.token")
 }
 
-/// Saves the device token readable by its owner only.
+/// The `meta` key of the device token in the till's database.
+pub const TOKEN_META: &str = tillsync_backup::DEVICE_TOKEN_META;
+
+/// Saves the device token in the till's database (encrypted with the
+/// database's key; never copied into a backup).
 pub fn save_token(dir: &Path, token: &str) -> Result<(), SyncError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = token_path(dir);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| SyncError::Config(format!("cannot write {}: {e}", path.display())))?;
-    f.write_all(token.as_bytes()).map_err(|e| SyncError::Config(format!("cannot write {}: {e}", path.display())))?;
-    f.sync_all().map_err(|e| SyncError::Config(e.to_string()))?;
+    tillsync_store::write_meta(dir, TOKEN_META, Some(token))?;
+    // A token file of an older version is stale now.
+    remove_token_file(dir)?;
     Ok(())
 }
 
-/// Reads the device token.
+fn remove_token_file(dir: &Path) -> Result<(), SyncError> {
+    let path = token_path(dir);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SyncError::Config(format!("cannot remove {}: {e}", path.display()))),
+    }
+}
+
+/// Reads the device token. A folder of an older version keeps it in
+/// `device.token`: it is moved into the database (and the file removed)
+/// on first read.
 pub fn load_token(dir: &Path) -> Result<String, SyncError> {
-    std::fs::read_to_string(token_path(dir)).map(|t| t.trim().to_string()).map_err(|_| {
+    if let Ok(t) = std::fs::read_to_string(token_path(dir)) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            save_token(dir, &t)?;
+            return Ok(t);
+        }
+    }
+    tillsync_store::read_meta(dir, TOKEN_META)?.filter(|t| !t.is_empty()).ok_or_else(|| {
         SyncError::Config(format!(
             "{} is not enrolled with a hub: run `till node init --data DIR --hub URL --code CODE`",
             dir.display()
@@ -122,7 +137,8 @@ pub fn client_for(dir: &Path, store: &Store) -> Result<HubClient, SyncError> {
     HubClient::new(&url, Some(load_token(dir)?), &opts)
 }
 
-/// Enrols a new till with a code and bootstraps it from the hub's snapshot.
+/// Enrols a new till with a code and bootstraps it from the hub's
+/// snapshot; its database is encrypted with a new key in `DIR/till.key`.
 pub async fn enrol_and_bootstrap(
     dir: &Path,
     url: &str,
@@ -131,9 +147,24 @@ pub async fn enrol_and_bootstrap(
     opts: &ClientOptions,
     ids: IdGen,
 ) -> Result<Store, SyncError> {
+    enrol_and_bootstrap_keyed(dir, url, code, name, opts, ids, &KeySpec::Folder).await
+}
+
+/// [`enrol_and_bootstrap`] with the database key made as `spec` says.
+pub async fn enrol_and_bootstrap_keyed(
+    dir: &Path,
+    url: &str,
+    code: &str,
+    name: &str,
+    opts: &ClientOptions,
+    ids: IdGen,
+    spec: &KeySpec,
+) -> Result<Store, SyncError> {
     if dir.join(tillsync_store::DB_FILE).exists() {
         return Err(SyncError::Config(format!("{} already holds a till; choose another folder", dir.display())));
     }
+    // A passphrase that cannot be read is found before the code is spent.
+    tillsync_store::keys::check(spec)?;
     let anon = HubClient::new(url, None, opts)?;
     let e = anon.enrol(code, name).await?;
     let identity = Identity {
@@ -144,7 +175,7 @@ pub async fn enrol_and_bootstrap(
         name: name.to_string(),
         mode: "hub".into(),
     };
-    let mut store = Store::create(dir, identity, Schema::standard(), ids)?;
+    let mut store = Store::create_keyed(dir, identity, Schema::standard(), ids, spec)?;
     save_token(dir, &e.token)?;
     store.set_meta(
         "enrolled_ms",

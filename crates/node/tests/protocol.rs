@@ -192,7 +192,9 @@ fn copy_dir(from: &Path, to: &Path) {
         } else if name.ends_with("-wal") || name.ends_with("-shm") || name.ends_with("-journal") {
             continue;
         } else if name.ends_with(".db") {
-            let conn = rusqlite::Connection::open(e.path()).unwrap();
+            // A till's database is encrypted: opened with its folder's key
+            // (copied beside it), the copy keeps that key.
+            let conn = tillsync_store::keys::connect(&e.path()).unwrap();
             conn.execute("VACUUM INTO ?1", [p.to_str().unwrap()]).unwrap();
         } else {
             std::fs::copy(e.path(), p).unwrap();

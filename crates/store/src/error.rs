@@ -21,6 +21,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Io(String),
+    /// The folder's key cannot be read (missing file, unset variable).
+    #[error("{0}")]
+    KeyMissing(String),
+    /// The key does not open the database.
+    #[error("{0}")]
+    WrongKey(String),
     #[error("no product with SKU '{0}': check `till product list`")]
     UnknownSku(String),
     #[error("product '{0}' already exists: use `till product update`")]

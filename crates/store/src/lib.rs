@@ -7,6 +7,7 @@
 
 mod apply;
 mod error;
+pub mod keys;
 mod local;
 mod migrate;
 mod pos;
@@ -52,6 +53,8 @@ pub struct Identity {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// `sqlcipher` or `plaintext`.
+    encryption: &'static str,
     schema: Schema,
     identity: Identity,
     clock: HlcClock,
@@ -78,14 +81,43 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
 }
 
 impl Store {
-    /// Creates a new till database in `dir` (which must not hold one).
+    /// Creates a new plaintext database in `dir` (which must not hold one)
+    /// with no key record: the hub's per-tenant state, simulations and
+    /// tests. A till's folder is made with [`Store::create_keyed`].
     pub fn create(dir: &Path, identity: Identity, schema: Schema, ids: IdGen) -> Result<Store, StoreError> {
+        Self::create_inner(dir, identity, schema, ids, None)
+    }
+
+    /// Creates a new till in `dir` (which must not hold one), its database
+    /// encrypted with a key made as `spec` says (see [`keys`]).
+    pub fn create_keyed(
+        dir: &Path,
+        identity: Identity,
+        schema: Schema,
+        ids: IdGen,
+        spec: &keys::KeySpec,
+    ) -> Result<Store, StoreError> {
+        Self::create_inner(dir, identity, schema, ids, Some(spec))
+    }
+
+    fn create_inner(
+        dir: &Path,
+        identity: Identity,
+        schema: Schema,
+        ids: IdGen,
+        spec: Option<&keys::KeySpec>,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Io(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
         if path.exists() {
             return Err(StoreError::AlreadyATill(dir.display().to_string()));
         }
+        let key = match spec {
+            Some(spec) => keys::provision(dir, spec)?,
+            None => keys::DbKey::Plaintext,
+        };
         let conn = Connection::open(&path)?;
+        keys::apply(&conn, &key, &path)?;
         configure(&conn)?;
         migrate::migrate(&conn)?;
         let tx = conn.unchecked_transaction()?;
@@ -102,7 +134,7 @@ impl Store {
             tx.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", params![k, v])?;
         }
         tx.commit()?;
-        Self::finish_open(conn, path, schema, ids)
+        Self::finish_open(conn, path, schema, ids, key.mode())
     }
 
     /// Opens the till in `dir`.
@@ -111,12 +143,11 @@ impl Store {
         if !path.is_file() {
             return Err(StoreError::NotATill(dir.display().to_string()));
         }
-        let conn =
-            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .map_err(|e| StoreError::from_open(e, &path))?;
+        // The folder's key first: nothing else can be read without it.
+        let (conn, key) = keys::open(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         configure(&conn).map_err(|e| e.with_path(&path))?;
         migrate::migrate(&conn).map_err(|e| e.with_path(&path))?;
-        Self::finish_open(conn, path, schema, ids)
+        Self::finish_open(conn, path, schema, ids, key.mode())
     }
 
     /// Opens an in-memory store (tests and simulations).
@@ -136,10 +167,16 @@ impl Store {
         ] {
             conn.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", params![k, v])?;
         }
-        Self::finish_open(conn, PathBuf::from(":memory:"), schema, ids)
+        Self::finish_open(conn, PathBuf::from(":memory:"), schema, ids, "plaintext")
     }
 
-    fn finish_open(conn: Connection, path: PathBuf, schema: Schema, ids: IdGen) -> Result<Store, StoreError> {
+    fn finish_open(
+        conn: Connection,
+        path: PathBuf,
+        schema: Schema,
+        ids: IdGen,
+        encryption: &'static str,
+    ) -> Result<Store, StoreError> {
         let get = |k: &str| -> Result<String, StoreError> {
             conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, String>(0))
                 .optional()?
@@ -157,8 +194,16 @@ impl Store {
             mode: get("mode")?,
         };
         let hlc: u64 = get("hlc")?.parse().map_err(|_| StoreError::Corrupt("bad clock reading".into()))?;
-        let mut store =
-            Store { conn, path, schema, identity, clock: HlcClock::new(Hlc(hlc)), ids, policies: HashMap::new() };
+        let mut store = Store {
+            conn,
+            path,
+            encryption,
+            schema,
+            identity,
+            clock: HlcClock::new(Hlc(hlc)),
+            ids,
+            policies: HashMap::new(),
+        };
         store.load_policies()?;
         Ok(store)
     }
@@ -171,6 +216,11 @@ impl Store {
     /// The declared tables.
     pub fn schema(&self) -> &Schema {
         &self.schema
+    }
+
+    /// How the database is stored: `sqlcipher` or `plaintext`.
+    pub fn encryption(&self) -> &'static str {
+        self.encryption
     }
 
     /// The database file.
@@ -214,4 +264,34 @@ impl Store {
     pub fn synchronous(&self) -> Result<i64, StoreError> {
         Ok(self.conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
     }
+}
+
+/// Reads one value of the `meta` table of the till in `dir` through a
+/// keyed connection of its own (no store is opened: no migration, no
+/// policies), for small per-device secrets such as the device token.
+pub fn read_meta(dir: &Path, key: &str) -> Result<Option<String>, StoreError> {
+    let db = dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(StoreError::NotATill(dir.display().to_string()));
+    }
+    let conn = keys::connect(&db)?;
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+}
+
+/// Sets (or with `None` deletes) one `meta` value of the till in `dir`,
+/// durably, through a keyed connection of its own.
+pub fn write_meta(dir: &Path, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+    let db = dir.join(DB_FILE);
+    if !db.is_file() {
+        return Err(StoreError::NotATill(dir.display().to_string()));
+    }
+    let conn = keys::connect(&db)?;
+    // A deleted secret is overwritten, not left in a free page.
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    match value {
+        Some(v) => conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)", params![key, v])?,
+        None => conn.execute("DELETE FROM meta WHERE key = ?1", [key])?,
+    };
+    Ok(())
 }

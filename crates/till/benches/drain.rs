@@ -40,8 +40,7 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
 }
 
 fn pending(dir: &Path) -> i64 {
-    let c =
-        rusqlite::Connection::open_with_flags(dir.join("till.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let (c, _) = tillsync_store::keys::open(&dir.join("till.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     c.query_row("SELECT sum(next_seq - 1 - acked_seq) FROM lanes", [], |r| r.get(0)).unwrap()
 }
 
@@ -120,8 +119,8 @@ fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let direct = {
         let s = Store::open(&b, Schema::standard(), IdGen::from_u64(8)).unwrap();
-        let token = std::fs::read_to_string(b.join("device.token")).unwrap();
-        let client = tillsync_node::HubClient::new(&url, Some(token.trim().to_string()), &Default::default()).unwrap();
+        let token = tillsync_node::sync::load_token(&b).unwrap();
+        let client = tillsync_node::HubClient::new(&url, Some(token), &Default::default()).unwrap();
         let changes: Vec<_> = s.pending_changes(Lane::Sales, usize::MAX >> 1).unwrap();
         let started = Instant::now();
         rt.block_on(async {

@@ -232,9 +232,9 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
             let removed = tillsync_backup::prune(destination(&from, &s3, None, None)?.as_ref(), keep)?;
             if j { output::json(&json!({"removed": removed})) } else { println!("removed {} backups", removed.len()) }
         }
-        BackupCmd::Restore { from, id, into, key, code, tls, s3 } => {
+        BackupCmd::Restore { from, id, into, key, code, tls, s3, db_key } => {
             let dest = destination(&from, &s3, None, None)?;
-            restore(dest.as_ref(), id.as_deref(), &into, &key, code.as_deref(), &tls, j)?
+            restore(dest.as_ref(), id.as_deref(), &into, &key, code.as_deref(), &tls, &db_key.spec(), j)?
         }
     }
     Ok(())
@@ -245,6 +245,7 @@ pub fn run(cmd: BackupCmd, j: bool) -> Result<()> {
 /// the backup's unsynced changes are imported into it and pushed again,
 /// recognised by their own ids where the hub already has them; the rest
 /// arrives by bootstrap and delta pull.
+#[allow(clippy::too_many_arguments)]
 fn restore(
     dest: &dyn Destination,
     id: Option<&str>,
@@ -252,6 +253,7 @@ fn restore(
     key: &BackupKeyArgs,
     code: Option<&str>,
     tls: &TlsArgs,
+    db_key: &tillsync_store::keys::KeySpec,
     j: bool,
 ) -> Result<()> {
     let unlock = unlock_for(key)?;
@@ -260,7 +262,7 @@ fn restore(
     }
     let m = tillsync_backup::pick(dest, id)?;
     if m.mode != "hub" {
-        tillsync_backup::restore_files(dest, Some(&m.backup_id), &unlock, into, progress("restore"))?;
+        tillsync_backup::restore_files(dest, Some(&m.backup_id), &unlock, into, db_key, progress("restore"))?;
         let store = open(into)?;
         if j {
             output::json(
@@ -281,7 +283,15 @@ fn restore(
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    tillsync_backup::restore_files(dest, Some(&m.backup_id), &unlock, &staging, progress("restore"))?;
+    // The staging copy is read once and removed: a key of its own, in it.
+    tillsync_backup::restore_files(
+        dest,
+        Some(&m.backup_id),
+        &unlock,
+        &staging,
+        &tillsync_store::keys::KeySpec::Folder,
+        progress("restore"),
+    )?;
     let result = (|| -> Result<serde_json::Value> {
         let old = open(&staging)?;
         let url =
@@ -292,7 +302,15 @@ fn restore(
         crate::hub_cmd::install_crypto();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let name = format!("{} (restored)", m.device_name);
-        let mut store = rt.block_on(tillsync_node::enrol_and_bootstrap(into, &url, code, &name, &opts, os_ids()))?;
+        let mut store = rt.block_on(tillsync_node::sync::enrol_and_bootstrap_keyed(
+            into,
+            &url,
+            code,
+            &name,
+            &opts,
+            os_ids(),
+            db_key,
+        ))?;
         let imported = store.import_pending(now_ms(), &pending)?;
         let client = tillsync_node::sync::client_for(into, &store)?;
         let synced = rt.block_on(tillsync_node::sync_once(&mut store, &client, now_ms));

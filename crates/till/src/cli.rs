@@ -221,6 +221,8 @@ pub enum NodeCmd {
         code: Option<String>,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        key: DbKeyArgs,
     },
     /// Join a hub with a standalone till, keeping its history.
     Attach {
@@ -234,6 +236,23 @@ pub enum NodeCmd {
         code: String,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        key: DbKeyArgs,
+    },
+    /// Rotate the database key (the till must be stopped). A plaintext
+    /// database is encrypted. Default: a new random key in DIR/till.key.
+    Rekey {
+        #[command(flatten)]
+        data: Data,
+        /// Put the new random key in this new file (e.g. on removable media).
+        #[arg(long, conflicts_with_all = ["new_passphrase_file", "new_passphrase_env"])]
+        new_key_file: Option<PathBuf>,
+        /// Derive the new key from the passphrase in this file.
+        #[arg(long, conflicts_with = "new_passphrase_env")]
+        new_passphrase_file: Option<PathBuf>,
+        /// Derive the new key from the passphrase in $TILL_DB_PASSPHRASE.
+        #[arg(long)]
+        new_passphrase_env: bool,
     },
     /// Delete this till's data. Refused while changes have not reached the
     /// hub, unless --force (save them first with `till export-pending`).
@@ -259,6 +278,45 @@ pub enum NodeCmd {
         #[arg(long, default_value_t = 0)]
         exit_after: u64,
     },
+}
+
+/// How a new till's database is encrypted (SQLCipher). Default: a new
+/// random 256-bit key in DIR/till.key (mode 0600).
+#[derive(Args, Debug, Clone, Default)]
+pub struct DbKeyArgs {
+    /// Keep the database key in this file instead of DIR/till.key (e.g. on
+    /// removable media); created with a random key if it does not exist.
+    #[arg(long, conflicts_with_all = ["db_passphrase_file", "db_passphrase_env", "plaintext"])]
+    pub key_file: Option<PathBuf>,
+    /// Derive the database key from the passphrase in this file (read at
+    /// every start; SQLCipher's PBKDF2 key derivation).
+    #[arg(long, conflicts_with_all = ["db_passphrase_env", "plaintext"])]
+    pub db_passphrase_file: Option<PathBuf>,
+    /// Derive the database key from the passphrase in $TILL_DB_PASSPHRASE
+    /// (which every command then needs).
+    #[arg(long, conflicts_with = "plaintext")]
+    pub db_passphrase_env: bool,
+    /// Do not encrypt the database (not recommended: sales, customers and
+    /// the device token are then readable by anyone who copies the folder).
+    #[arg(long)]
+    pub plaintext: bool,
+}
+
+impl DbKeyArgs {
+    pub fn spec(&self) -> tillsync_store::keys::KeySpec {
+        use tillsync_store::keys::KeySpec;
+        if let Some(f) = &self.key_file {
+            KeySpec::KeyFile(f.clone())
+        } else if let Some(f) = &self.db_passphrase_file {
+            KeySpec::PassphraseFile(f.clone())
+        } else if self.db_passphrase_env {
+            KeySpec::PassphraseEnv
+        } else if self.plaintext {
+            KeySpec::Plaintext
+        } else {
+            KeySpec::Folder
+        }
+    }
 }
 
 /// How to trust the hub.
@@ -413,6 +471,8 @@ pub enum HubCmd {
         /// The new folder (must not exist); open it with `till status|sales list|report --data DIR`.
         #[arg(long)]
         out: PathBuf,
+        #[command(flatten)]
+        key: DbKeyArgs,
     },
 }
 
@@ -611,6 +671,9 @@ pub enum BackupCmd {
         tls: TlsArgs,
         #[command(flatten)]
         s3: S3Args,
+        /// The restored till's database key (a new one: the lost till's key is not needed).
+        #[command(flatten)]
+        db_key: DbKeyArgs,
     },
 }
 

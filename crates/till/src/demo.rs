@@ -30,7 +30,7 @@ fn fresh_dir(dir: &Path) -> Result<()> {
 pub fn run(dir: &Path, j: bool) -> Result<()> {
     fresh_dir(dir)?;
     let till = dir.join("till-1");
-    let mut store = init_offline(&till, Some("demo till"), None, true)?;
+    let mut store = init_offline(&till, Some("demo till"), None, true, &tillsync_store::keys::KeySpec::Folder)?;
     drop(store);
     store = open(&till)?;
     let cur = store.settings()?.currency;

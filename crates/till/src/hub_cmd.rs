@@ -219,7 +219,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
             }
             Ok(())
         }
-        HubCmd::Export { data, tenant, store, at, out } => {
+        HubCmd::Export { data, tenant, store, at, out, key } => {
             let at_ms = parse_time(&at)?;
             let Some(dir) = &data.data else {
                 bail!(
@@ -231,6 +231,7 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
                 uuid(&store, "store")?,
                 at_ms,
                 &out,
+                &key.spec(),
             )?;
             if j {
                 output::json(&e);

@@ -30,7 +30,13 @@ pub fn open(data: &Path) -> Result<Store> {
 }
 
 /// Creates a standalone till.
-pub fn init_offline(dir: &Path, name: Option<&str>, currency: Option<&str>, with_sample: bool) -> Result<Store> {
+pub fn init_offline(
+    dir: &Path,
+    name: Option<&str>,
+    currency: Option<&str>,
+    with_sample: bool,
+    key: &tillsync_store::keys::KeySpec,
+) -> Result<Store> {
     let mut ids = os_ids();
     let now = now_ms();
     let device_id = ids.new_v7(now);
@@ -55,7 +61,7 @@ pub fn init_offline(dir: &Path, name: Option<&str>, currency: Option<&str>, with
     {
         bail!("{} already holds a till; choose another folder", dir.display());
     }
-    let mut store = Store::create(dir, identity, Schema::standard(), ids)?;
+    let mut store = Store::create_keyed(dir, identity, Schema::standard(), ids, key)?;
     if with_sample {
         sample::load(&mut store, now, true)?;
     }
@@ -154,11 +160,11 @@ pub fn run(args: Cli) -> Result<()> {
                 crate::demo::run_hub(&dir, exit_after, j)
             }
         }
-        Command::Node(NodeCmd::Init { data, offline, sample, name, currency, hub, code, tls }) => {
+        Command::Node(NodeCmd::Init { data, offline, sample, name, currency, hub, code, tls, key }) => {
             if !offline {
                 return match (hub, code) {
                     (Some(hub), Some(code)) => {
-                        crate::sync_cmd::init_hub(&data.data, &hub, &code, name.as_deref(), &tls, j)
+                        crate::sync_cmd::init_hub(&data.data, &hub, &code, name.as_deref(), &tls, &key, j)
                     }
                     _ => bail!(
                         "say how this till works: --offline for a standalone till, or --hub URL --code CODE to join a hub"
@@ -168,7 +174,7 @@ pub fn run(args: Cli) -> Result<()> {
             if hub.is_some() || code.is_some() {
                 bail!("--offline and --hub/--code exclude each other: choose one");
             }
-            let store = init_offline(&data.data, name.as_deref(), currency.as_deref(), sample)?;
+            let store = init_offline(&data.data, name.as_deref(), currency.as_deref(), sample, &key.spec())?;
             let id = store.identity();
             if j {
                 output::json(
@@ -261,10 +267,11 @@ pub fn run(args: Cli) -> Result<()> {
                 output::json(&s);
             } else {
                 println!(
-                    "till {} ({}) device {}",
+                    "till {} ({}) device {}, database {}",
                     s["name"].as_str().unwrap_or(""),
                     s["mode"].as_str().unwrap_or(""),
-                    s["device_id"].as_str().unwrap_or("")
+                    s["device_id"].as_str().unwrap_or(""),
+                    s["encryption"].as_str().unwrap_or("")
                 );
                 println!(
                     "state: {}   network: {} (hub {})",
@@ -383,8 +390,30 @@ pub fn run(args: Cli) -> Result<()> {
             Ok(())
         }
         Command::SellLoop { data, count, latency } => sell_loop(&data.data, count, latency),
-        Command::Node(NodeCmd::Attach { data, hub, code, tls }) => {
-            crate::sync_cmd::attach(&data.data, &hub, &code, &tls, j)
+        Command::Node(NodeCmd::Attach { data, hub, code, tls, key }) => {
+            crate::sync_cmd::attach(&data.data, &hub, &code, &tls, &key, j)
+        }
+        Command::Node(NodeCmd::Rekey { data, new_key_file, new_passphrase_file, new_passphrase_env }) => {
+            use tillsync_store::keys::KeySpec;
+            let spec = match (new_key_file, new_passphrase_file, new_passphrase_env) {
+                (Some(f), _, _) => KeySpec::KeyFile(f),
+                (_, Some(f), _) => KeySpec::PassphraseFile(f),
+                (_, _, true) => KeySpec::PassphraseEnv,
+                _ => KeySpec::Folder,
+            };
+            let r = tillsync_store::keys::rekey(&data.data, &spec)?;
+            if j {
+                output::json(&r);
+            } else {
+                println!(
+                    "database of {} rekeyed ({} -> {}); its key is now {}",
+                    data.data.display(),
+                    r.from,
+                    r.to,
+                    r.key
+                );
+            }
+            Ok(())
         }
         Command::Node(NodeCmd::Run { data, interval, ui, exit_after }) => {
             crate::sync_cmd::run(&data.data, interval, exit_after, ui.as_deref(), j)
@@ -401,7 +430,16 @@ pub fn run(args: Cli) -> Result<()> {
             }
             drop(store);
             let mut removed = vec![];
-            for f in ["till.db", "till.db-wal", "till.db-shm", "device.token", "till.toml"] {
+            for f in [
+                "till.db",
+                "till.db-wal",
+                "till.db-shm",
+                "device.token",
+                "till.toml",
+                tillsync_store::keys::KEY_FILE,
+                tillsync_store::keys::KEYREF_FILE,
+                "till.keyref.next",
+            ] {
                 let p = data.data.join(f);
                 if p.exists() {
                     std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;

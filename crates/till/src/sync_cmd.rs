@@ -1,6 +1,6 @@
 //! Till commands that talk to the hub: join, sync, run, devices.
 
-use crate::cli::{AdminArgs, DevicesCmd, TlsArgs};
+use crate::cli::{AdminArgs, DbKeyArgs, DevicesCmd, TlsArgs};
 use crate::node::{now_ms, open, os_ids};
 use crate::output;
 use anyhow::{Result, anyhow};
@@ -8,7 +8,7 @@ use serde_json::json;
 use std::path::Path;
 use tillsync_node::config::Config;
 use tillsync_node::sync::client_for;
-use tillsync_node::{ClientOptions, HubClient, SyncOptions, enrol_and_bootstrap, sync_once, sync_with};
+use tillsync_node::{ClientOptions, HubClient, SyncOptions, sync_once, sync_with};
 
 fn options(tls: &TlsArgs) -> ClientOptions {
     ClientOptions { ca_file: tls.ca.clone(), insecure: tls.insecure, timeout_ms: 30_000 }
@@ -19,9 +19,25 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-pub fn init_hub(dir: &Path, url: &str, code: &str, name: Option<&str>, tls: &TlsArgs, j: bool) -> Result<()> {
+pub fn init_hub(
+    dir: &Path,
+    url: &str,
+    code: &str,
+    name: Option<&str>,
+    tls: &TlsArgs,
+    key: &DbKeyArgs,
+    j: bool,
+) -> Result<()> {
     let name = name.unwrap_or("till");
-    let store = runtime()?.block_on(enrol_and_bootstrap(dir, url, code, name, &options(tls), os_ids()))?;
+    let store = runtime()?.block_on(tillsync_node::sync::enrol_and_bootstrap_keyed(
+        dir,
+        url,
+        code,
+        name,
+        &options(tls),
+        os_ids(),
+        &key.spec(),
+    ))?;
     let id = store.identity();
     if j {
         output::json(&json!({"device_id": id.device_id, "tenant_id": id.tenant_id, "store_id": id.store_id,
@@ -38,9 +54,10 @@ pub fn init_hub(dir: &Path, url: &str, code: &str, name: Option<&str>, tls: &Tls
     Ok(())
 }
 
-pub fn attach(dir: &Path, url: &str, code: &str, tls: &TlsArgs, j: bool) -> Result<()> {
+pub fn attach(dir: &Path, url: &str, code: &str, tls: &TlsArgs, key: &DbKeyArgs, j: bool) -> Result<()> {
     let rt = runtime()?;
-    let report = rt.block_on(tillsync_node::attach::attach(dir, url, code, &options(tls), os_ids(), now_ms))?;
+    let report =
+        rt.block_on(tillsync_node::attach::attach_keyed(dir, url, code, &options(tls), os_ids(), now_ms, &key.spec()))?;
     // Push the history now; a failure here is retried by the next sync.
     let mut store = open(dir)?;
     let client = client_for(dir, &store)?;

@@ -124,7 +124,7 @@ fn p(x: &Path) -> &str {
 /// Pads the till's database with incompressible bytes so the object spans
 /// several multipart parts (the state digest does not see this table).
 fn pad(db: &Path, len: usize) {
-    let conn = rusqlite::Connection::open(db).unwrap();
+    let conn = tillsync_store::keys::connect(db).unwrap();
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let blob: Vec<u8> = (0..len)
         .map(|_| {

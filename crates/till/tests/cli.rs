@@ -107,8 +107,7 @@ fn snapshot(d: &Path) -> Snapshot {
 /// of every table, read with rusqlite (the digest does not cover the receipt
 /// counter or the outbox).
 fn raw_fingerprint(d: &Path) -> String {
-    let conn =
-        rusqlite::Connection::open_with_flags(d.join("till.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let (conn, _) = tillsync_store::keys::open(&d.join("till.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut out = String::new();
     let uv: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     out.push_str(&format!("user_version={uv}\n"));
@@ -898,7 +897,7 @@ fn a_locked_database_fails_as_busy_and_writes_nothing() {
     let (_tmp, d) = sample_till();
     let ds = s(&d);
     let before = snapshot(&d);
-    let conn = rusqlite::Connection::open(d.join("till.db")).unwrap();
+    let conn = tillsync_store::keys::connect(&d.join("till.db")).unwrap();
     conn.execute_batch("BEGIN IMMEDIATE").unwrap();
 
     // Readers run beside the writer (WAL).
@@ -969,7 +968,7 @@ fn a_corrupt_database_is_reported_as_damaged() {
         let db = d.join("till.db");
         // Fold the WAL into the main file, so the damage hits everything.
         {
-            let conn = rusqlite::Connection::open(&db).unwrap();
+            let conn = tillsync_store::keys::connect(&db).unwrap();
             conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
         }
         for ext in ["-wal", "-shm"] {
@@ -1029,7 +1028,7 @@ fn a_database_from_a_newer_version_is_refused() {
     let (_tmp, d) = sample_till();
     let ds = s(&d);
     {
-        let conn = rusqlite::Connection::open(d.join("till.db")).unwrap();
+        let conn = tillsync_store::keys::connect(&d.join("till.db")).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
     }
     let before = raw_fingerprint(&d);

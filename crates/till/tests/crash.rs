@@ -71,10 +71,15 @@ struct DbState {
 
 fn read_db(d: &Path) -> rusqlite::Result<DbState> {
     use rusqlite::OpenFlags;
+    // The database is encrypted: its key comes from the folder.
+    let key = tillsync_store::keys::resolve(&d.join("till.db")).expect("the till's key");
     let conn = rusqlite::Connection::open_with_flags(
         d.join("till.db"),
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    if key.mode() == "sqlcipher" {
+        conn.pragma_update(None, "key", key.sql_value())?;
+    }
     conn.busy_timeout(Duration::from_secs(5))?;
     let integrity = conn
         .prepare("PRAGMA integrity_check")?
@@ -249,7 +254,7 @@ fn the_sale_path_commits_with_synchronous_full_in_wal_mode() {
 
     // WAL is a property of the file the binary made.
     {
-        let raw = rusqlite::Connection::open(d.join("till.db")).unwrap();
+        let raw = tillsync_store::keys::connect(&d.join("till.db")).unwrap();
         let mode: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode.to_ascii_lowercase(), "wal", "the till database must be in WAL mode");
     }
@@ -278,7 +283,7 @@ fn the_sale_path_commits_with_synchronous_full_in_wal_mode() {
 
     // Committed when sell() returned: another connection sees it while the
     // store is still open.
-    let other = rusqlite::Connection::open(d.join("till.db")).unwrap();
+    let other = tillsync_store::keys::connect(&d.join("till.db")).unwrap();
     let n: i64 = other
         .query_row("SELECT count(*) FROM ledger WHERE tbl = 'sales' AND key = ?1", [&sale.receipt], |r| r.get(0))
         .unwrap();

@@ -533,7 +533,7 @@ fn unknown_outcome_retry_does_not_duplicate() {
 
     // The hub committed, but the acknowledgements were lost.
     {
-        let db = rusqlite::Connection::open(a.join("till.db")).expect("open till.db");
+        let db = tillsync_store::keys::connect(&a.join("till.db")).expect("open till.db");
         let n = db.execute("UPDATE lanes SET acked_seq = 0 WHERE lane = 'sales'", []).expect("forget the acks");
         assert_eq!(n, 1);
     }
@@ -587,7 +587,7 @@ fn cloned_till_folder_is_detected_and_its_sale_is_not_dropped() {
     assert!(o.stderr.contains("export-pending") && o.stderr.contains("enrol again"), "{}", o.stderr);
     {
         // The till keeps the hub's error code with the message.
-        let db = rusqlite::Connection::open(copy.join("till.db")).expect("open till.db");
+        let db = tillsync_store::keys::connect(&copy.join("till.db")).expect("open till.db");
         let last: String = db
             .query_row("SELECT value FROM meta WHERE key = 'last_lane_error'", [], |r| r.get(0))
             .expect("last_lane_error recorded");
@@ -674,7 +674,7 @@ fn revoked_device_gets_401_and_status_says_revoked() {
     assert!(statuses.contains(&(dev_b.clone(), "active".into())), "{list}");
 
     // A device token is not an admin token.
-    let token = std::fs::read_to_string(a.join("device.token")).expect("device token").trim().to_string();
+    let token = tillsync_store::read_meta(&a, "device_token").expect("read the till").expect("device token");
     let o = fails(&["devices", "list", "--hub", &hub.url, "--token", &token]);
     assert!(o.stderr.contains("admin token"), "{}", o.stderr);
 

@@ -396,7 +396,7 @@ fn node_run_killed_at_random_loses_and_doubles_nothing() {
         ("TILL_SYNC_BACKOFF_CAP_MS", "200"),
         ("TILL_SYNC_PROBE_INTERVAL_MS", "100"),
     ];
-    let db = rusqlite::Connection::open(a.join("till.db")).expect("open till.db");
+    let db = tillsync_store::keys::connect(&a.join("till.db")).expect("open till.db");
     db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
     let meta = |key: &str| -> Option<String> {
         db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).ok()
@@ -461,7 +461,7 @@ fn node_run_killed_at_random_loses_and_doubles_nothing() {
     assert_eq!(s(&st["state_digest"]), w.t.digest(), "digests agree");
 
     for db in [a.join("till.db"), w.t.hub_dir.join("tenants").join(&w.t.id).join("till.db")] {
-        let c = rusqlite::Connection::open(&db).expect("open the database");
+        let c = tillsync_store::keys::connect(&db).expect("open the database");
         let r: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).expect("integrity_check");
         assert_eq!(r, "ok", "{}", db.display());
     }
@@ -785,7 +785,7 @@ fn reset_export_and_import_pending() {
     let digests: Vec<(String, String)> =
         [&a, &b, &w.dir("observer")].iter().map(|d| (d.display().to_string(), s(&status(d)["state_digest"]))).collect();
     let origin = |d: &Path| -> BTreeSet<(String, String, i64)> {
-        let c = rusqlite::Connection::open(d.join("till.db")).expect("open till.db");
+        let c = tillsync_store::keys::connect(&d.join("till.db")).expect("open till.db");
         let mut st = c.prepare("SELECT id, device, hlc FROM ledger WHERE tbl = 'sales'").expect("query");
         st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).expect("rows").map(Result::unwrap).collect()
     };
@@ -796,8 +796,9 @@ fn reset_export_and_import_pending() {
     let r = json(&["node", "reset", "--data", p(&a), "--force"]);
     assert_eq!(r["lost_changes"], 1, "{r}");
     let removed: BTreeSet<String> = r["removed"].as_array().expect("removed").iter().map(s).collect();
-    assert!(removed.contains("till.db") && removed.contains("device.token"), "{r}");
-    assert!(!a.join("till.db").exists() && !a.join("device.token").exists());
+    // The device token was in the database; the key goes with it.
+    assert!(removed.contains("till.db") && removed.contains("till.key"), "{r}");
+    assert!(!a.join("till.db").exists() && !a.join("till.key").exists());
     let o = fails(&["status", "--data", p(&a), "--json"]);
     assert!(o.stderr.contains("not a till"), "{}", o.stderr);
 
@@ -1196,7 +1197,7 @@ fn full_sync_repairs_a_till_that_drifted() {
     assert_eq!(status(&a)["state_digest"], w.t.digest());
     // Drift: A loses its copy of B's sale (a damaged disk, a manual edit).
     {
-        let db = rusqlite::Connection::open(a.join("till.db")).expect("open till.db");
+        let db = tillsync_store::keys::connect(&a.join("till.db")).expect("open till.db");
         let n = db
             .execute("DELETE FROM ledger WHERE tbl = 'sales' AND id = ?1", [s(&sale["sale_id"])])
             .expect("delete the row");

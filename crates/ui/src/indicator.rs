@@ -175,6 +175,13 @@ pub fn details(status: &Value, tz: &jiff::tz::TimeZone) -> Markup {
             dt { "Open conflicts" } dd { (status["conflicts_open"].as_i64().unwrap_or(0)) }
             dt { "Quarantined changes" } dd { (status["quarantined"].as_i64().unwrap_or(0)) }
             dt { "Clock skew" } dd { (skew) }
+            dt { "Database" } dd {
+                @match status["encryption"].as_str() {
+                    Some("sqlcipher") => "encrypted (SQLCipher)",
+                    Some("plaintext") => "not encrypted",
+                    _ => "unknown",
+                }
+            }
         }
         @for w in [&status["offline_warning"], &status["clock_warning"]] {
             @if let Some(w) = w.as_str() { p class="warn" { (w) } }
