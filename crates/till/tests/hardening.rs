@@ -94,8 +94,9 @@ fn get(addr: &str, path: &str, token: &str) -> Reply {
     send(addr, "GET", path, &[("Authorization", &format!("Bearer {token}"))], vec![])
 }
 
+/// The till's device token, read from its encrypted database.
 fn token_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("device.token")).unwrap().trim().to_string()
+    tillsync_store::read_meta(dir, "device_token").unwrap().expect("the device token")
 }
 
 fn free_port() -> u16 {
