@@ -238,40 +238,19 @@ fn the_device_token_is_in_the_encrypted_database_and_old_token_files_move_there(
     // A point-in-time export is a till folder with a key of its own.
     let out = tmp.path().join("export");
     let at = now_ms().to_string();
-    json(&[
-        "hub",
-        "export",
-        "--data",
-        p(&hub_dir),
-        "--tenant",
-        &t.id,
-        "--store",
-        &t.store,
-        "--at",
-        &at,
-        "--out",
-        p(&out),
-    ]);
+    let export = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["hub", "export", "--data", p(&hub_dir), "--tenant", &t.id, "--store", &t.store];
+        args.extend_from_slice(&["--at", &at, "--out", p(out)]);
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    export(&out, &[]);
     assert!(out.join("till.key").exists());
     assert_eq!(status(&out)["encryption"], "sqlcipher");
     assert_eq!(sales(&out).len(), 1);
     assert!(!raw_contains(&out, "Cappuccino"));
     let pl = tmp.path().join("export-plain");
-    json(&[
-        "hub",
-        "export",
-        "--data",
-        p(&hub_dir),
-        "--tenant",
-        &t.id,
-        "--store",
-        &t.store,
-        "--at",
-        &at,
-        "--out",
-        p(&pl),
-        "--plaintext",
-    ]);
+    export(&pl, &["--plaintext"]);
     assert_eq!(status(&pl)["encryption"], "plaintext");
 }
 

@@ -304,18 +304,19 @@ fn oversized_bodies_get_413_and_the_hub_keeps_serving() {
 // Rate limits
 // ---------------------------------------------------------------------------
 
+/// A hub with low rate limits and its metrics address.
+fn rate_limited_hub(hub_dir: &Path, rate_per_s: &str, burst_len: &str) -> (Hub, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let args = ["--rate-per-s", rate_per_s, "--rate-burst-len", burst_len, "--metrics", &metrics];
+    (Hub::try_start_with(hub_dir, "127.0.0.1:0", &args).unwrap(), metrics)
+}
+
 #[test]
 fn a_flooding_device_is_rate_limited_while_another_keeps_syncing() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
     let t = sample_tenant(&hub_dir, "Flood Co");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let hub = Hub::try_start_with(
-        &hub_dir,
-        "127.0.0.1:0",
-        &["--rate-per-s", "5", "--rate-burst-len", "20", "--metrics", &metrics],
-    )
-    .unwrap();
+    let (hub, metrics) = rate_limited_hub(&hub_dir, "5", "20");
     let addr = addr_of(&hub.url);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     t.enrol(&hub.url, &a, "A");
@@ -376,13 +377,7 @@ fn a_rate_limited_till_waits_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let hub_dir = tmp.path().join("hub");
     let t = sample_tenant(&hub_dir, "Patient Co");
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let hub = Hub::try_start_with(
-        &hub_dir,
-        "127.0.0.1:0",
-        &["--rate-per-s", "1", "--rate-burst-len", "4", "--metrics", &metrics],
-    )
-    .unwrap();
+    let (hub, metrics) = rate_limited_hub(&hub_dir, "1", "4");
     let addr = addr_of(&hub.url);
     let a = tmp.path().join("a");
     t.enrol(&hub.url, &a, "A");
