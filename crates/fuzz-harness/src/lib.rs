@@ -5,7 +5,7 @@
 //! applying to a real store). They return `Err` for input the product
 //! refuses and must never panic.
 //!
-//! The cargo-fuzz targets in `fuzz/` call these functions with libFuzzer's
+//! The libFuzzer targets in `fuzz/` call these functions with libFuzzer's
 //! inputs; `tests/regressions.rs` calls them with every kept crasher and
 //! seed (`fuzz/regressions/`, `fuzz/corpus/`) in `cargo test`, without
 //! libFuzzer. [`TARGETS`] names them all, so neither can miss one.
