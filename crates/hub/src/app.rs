@@ -590,7 +590,8 @@ async fn device_digest(State(st): State<AppState>, Device(dev): Device) -> Resul
     Ok(Json(serde_json::json!({"store_id": dev.store_id, "state_digest": d})).into_response())
 }
 
-/// A new token for the calling device; its current token stops working at once.
+/// A new token for the calling device; its current token stops working at
+/// the new one's first use (see `HubStorage::rotate_device_token`).
 async fn rotate_device_token(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
     let device = dev.device_id;
     let token = blocking(move || st.storage.rotate_device_token(&dev, now_ms())).await?;
@@ -598,7 +599,8 @@ async fn rotate_device_token(State(st): State<AppState>, Device(dev): Device) ->
     Ok(Json(serde_json::json!({"device_id": device, "token": token})).into_response())
 }
 
-/// A new admin token for the tenant; the current one stops working at once.
+/// A new admin token for the tenant; the current one stops working at the
+/// new one's first use.
 async fn rotate_admin_token(State(st): State<AppState>, Admin(tenant): Admin) -> Result<Response, HubError> {
     let token = blocking(move || st.storage.rotate_admin_token(tenant, now_ms())).await?;
     tracing::info!(tenant = %tenant, "admin token rotated");

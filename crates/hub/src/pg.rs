@@ -151,6 +151,15 @@ ALTER TABLE tenants ADD COLUMN chain text NOT NULL DEFAULT '';
 ALTER TABLE tenants ADD COLUMN horizon_chain text;
 "#,
     ),
+    // A rotated token waits here until its first use retires the old one
+    // (see `HubStorage::rotate_device_token`).
+    (
+        3,
+        r#"
+ALTER TABLE devices ADD COLUMN next_token_hash text UNIQUE;
+ALTER TABLE tenants ADD COLUMN next_admin_hash text UNIQUE;
+"#,
+    ),
 ];
 
 /// Tenants whose merged state a process keeps in memory; past it the cache
@@ -1254,17 +1263,27 @@ impl HubStorage for PgHub {
             if token.starts_with(DEVICE_TOKEN_PREFIX) {
                 let row = c
                     .query_opt(
-                        "SELECT id, tenant_id, store_id, status, token_hash FROM devices WHERE token_hash = $1",
+                        "SELECT id, tenant_id, store_id, status, token_hash, next_token_hash FROM devices
+                         WHERE token_hash = $1 OR next_token_hash = $1",
                         &[&h],
                     )?
                     .ok_or(HubError::Unauthorized)?;
-                if !hash_matches(row.get::<_, &str>(4), &h) {
+                let via_next = row.get::<_, Option<&str>>(5).is_some_and(|n| hash_matches(n, &h));
+                if !via_next && !hash_matches(row.get::<_, &str>(4), &h) {
                     return Err(HubError::Unauthorized);
                 }
                 match row.get::<_, &str>(3) {
                     "active" => {}
                     "forked" => return Err(HubError::Forked),
                     _ => return Err(HubError::Revoked),
+                }
+                if via_next {
+                    // The first use of a rotated token retires the one before it.
+                    c.execute(
+                        "UPDATE devices SET token_hash = next_token_hash, next_token_hash = NULL
+                         WHERE tenant_id = $1 AND id = $2 AND next_token_hash = $3",
+                        &[&row.get::<_, Uuid>(1), &row.get::<_, Uuid>(0), &h],
+                    )?;
                 }
                 return Ok(Caller::Device(DeviceAuth {
                     device_id: row.get(0),
@@ -1274,10 +1293,21 @@ impl HubStorage for PgHub {
             }
             if token.starts_with(ADMIN_TOKEN_PREFIX) {
                 let row = c
-                    .query_opt("SELECT id, admin_hash FROM tenants WHERE admin_hash = $1", &[&h])?
+                    .query_opt(
+                        "SELECT id, admin_hash, next_admin_hash FROM tenants WHERE admin_hash = $1 OR next_admin_hash = $1",
+                        &[&h],
+                    )?
                     .ok_or(HubError::Unauthorized)?;
-                if !hash_matches(row.get::<_, &str>(1), &h) {
+                let via_next = row.get::<_, Option<&str>>(2).is_some_and(|n| hash_matches(n, &h));
+                if !via_next && !hash_matches(row.get::<_, &str>(1), &h) {
                     return Err(HubError::Unauthorized);
+                }
+                if via_next {
+                    c.execute(
+                        "UPDATE tenants SET admin_hash = next_admin_hash, next_admin_hash = NULL
+                         WHERE id = $1 AND next_admin_hash = $2",
+                        &[&row.get::<_, Uuid>(0), &h],
+                    )?;
                 }
                 return Ok(Caller::Admin { tenant_id: row.get(0) });
             }
@@ -1342,7 +1372,7 @@ impl HubStorage for PgHub {
         let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
         off_runtime(|| {
             let n = self.conn()?.execute(
-                "UPDATE devices SET token_hash = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'active'",
+                "UPDATE devices SET next_token_hash = $1 WHERE tenant_id = $2 AND id = $3 AND status = 'active'",
                 &[&sha(&token), &dev.tenant_id, &dev.device_id],
             )?;
             if n == 0 {
@@ -1356,8 +1386,9 @@ impl HubStorage for PgHub {
     fn rotate_admin_token(&self, tenant: Uuid, _now_ms: u64) -> Result<String, HubError> {
         let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
         off_runtime(|| {
-            let n =
-                self.conn()?.execute("UPDATE tenants SET admin_hash = $1 WHERE id = $2", &[&sha(&token), &tenant])?;
+            let n = self
+                .conn()?
+                .execute("UPDATE tenants SET next_admin_hash = $1 WHERE id = $2", &[&sha(&token), &tenant])?;
             if n == 0 {
                 return Err(HubError::NotFound(format!("tenant {tenant}")));
             }

@@ -42,6 +42,30 @@ CREATE TABLE IF NOT EXISTS codes(
 );
 "#;
 
+/// Columns added to the control database after its first release: a token
+/// issued by a rotation waits in `next_*_hash` until its first use (see
+/// [`crate::storage::HubStorage::rotate_device_token`]). SQLite cannot add
+/// a UNIQUE column, so the uniqueness comes from an index.
+const CONTROL_UPGRADES: &[(&str, &str, &str)] = &[
+    ("devices", "next_token_hash", "CREATE UNIQUE INDEX IF NOT EXISTS devices_next_token ON devices(next_token_hash)"),
+    ("tenants", "next_admin_hash", "CREATE UNIQUE INDEX IF NOT EXISTS tenants_next_admin ON tenants(next_admin_hash)"),
+];
+
+fn upgrade_control(c: &Connection) -> Result<(), HubError> {
+    for (table, column, index) in CONTROL_UPGRADES {
+        let has: bool = c.query_row(
+            &format!("SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !has {
+            c.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))?;
+        }
+        c.execute_batch(index)?;
+    }
+    Ok(())
+}
+
 const TENANT_SQL: &str = r#"
 CREATE TABLE IF NOT EXISTS hub_log(
     pos INTEGER PRIMARY KEY AUTOINCREMENT, store TEXT, device TEXT NOT NULL, lane TEXT NOT NULL,
@@ -137,6 +161,7 @@ impl SqliteHub {
             .map_err(|e| HubError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let control = open_conn(&dir.join("hub.db"))?;
         control.execute_batch(CONTROL_SQL)?;
+        upgrade_control(&control)?;
         Ok(SqliteHub {
             dir: dir.to_path_buf(),
             control: Mutex::new(control),
@@ -633,18 +658,29 @@ impl HubStorage for SqliteHub {
         let c = self.control.lock().expect("control");
         // Lookup by hash: the token itself is never stored or compared.
         if token.starts_with(DEVICE_TOKEN_PREFIX) {
-            let row: Option<(String, String, String, String, String)> = c
-                .prepare_cached("SELECT id, tenant, store, status, token_hash FROM devices WHERE token_hash = ?1")?
-                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            let row: Option<(String, String, String, String, String, Option<String>)> = c
+                .prepare_cached(
+                    "SELECT id, tenant, store, status, token_hash, next_token_hash FROM devices
+                     WHERE token_hash = ?1 OR next_token_hash = ?1",
+                )?
+                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
                 .optional()?;
-            let (id, tenant, store, status, stored) = row.ok_or(HubError::Unauthorized)?;
-            if !hash_matches(&stored, &h) {
+            let (id, tenant, store, status, current, next) = row.ok_or(HubError::Unauthorized)?;
+            let via_next = next.as_deref().is_some_and(|n| hash_matches(n, &h));
+            if !via_next && !hash_matches(&current, &h) {
                 return Err(HubError::Unauthorized);
             }
             match status.as_str() {
                 "active" => {}
                 "forked" => return Err(HubError::Forked),
                 _ => return Err(HubError::Revoked),
+            }
+            if via_next {
+                // The first use of a rotated token retires the one before it.
+                c.execute(
+                    "UPDATE devices SET token_hash = next_token_hash, next_token_hash = NULL WHERE id = ?1 AND next_token_hash = ?2",
+                    params![id, h],
+                )?;
             }
             let parse = |s: &str| Uuid::parse_str(s).map_err(|e| HubError::Internal(e.to_string()));
             return Ok(Caller::Device(DeviceAuth {
@@ -654,13 +690,22 @@ impl HubStorage for SqliteHub {
             }));
         }
         if token.starts_with(ADMIN_TOKEN_PREFIX) {
-            let row: Option<(String, String)> = c
-                .prepare_cached("SELECT id, admin_hash FROM tenants WHERE admin_hash = ?1")?
-                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?)))
+            let row: Option<(String, String, Option<String>)> = c
+                .prepare_cached(
+                    "SELECT id, admin_hash, next_admin_hash FROM tenants WHERE admin_hash = ?1 OR next_admin_hash = ?1",
+                )?
+                .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
-            let (tenant, stored) = row.ok_or(HubError::Unauthorized)?;
-            if !hash_matches(&stored, &h) {
+            let (tenant, current, next) = row.ok_or(HubError::Unauthorized)?;
+            let via_next = next.as_deref().is_some_and(|n| hash_matches(n, &h));
+            if !via_next && !hash_matches(&current, &h) {
                 return Err(HubError::Unauthorized);
+            }
+            if via_next {
+                c.execute(
+                    "UPDATE tenants SET admin_hash = next_admin_hash, next_admin_hash = NULL WHERE id = ?1 AND next_admin_hash = ?2",
+                    params![tenant, h],
+                )?;
             }
             return Ok(Caller::Admin {
                 tenant_id: Uuid::parse_str(&tenant).map_err(|e| HubError::Internal(e.to_string()))?,
@@ -961,7 +1006,7 @@ impl HubStorage for SqliteHub {
     fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {
         let token = format!("{DEVICE_TOKEN_PREFIX}{}", self.random_hex(32));
         let n = self.control.lock().expect("control").execute(
-            "UPDATE devices SET token_hash = ?1 WHERE id = ?2 AND tenant = ?3 AND status = 'active'",
+            "UPDATE devices SET next_token_hash = ?1 WHERE id = ?2 AND tenant = ?3 AND status = 'active'",
             params![sha(&token), dev.device_id.to_string(), dev.tenant_id.to_string()],
         )?;
         if n == 0 {
@@ -973,11 +1018,10 @@ impl HubStorage for SqliteHub {
 
     fn rotate_admin_token(&self, tenant: Uuid, _now_ms: u64) -> Result<String, HubError> {
         let token = format!("{ADMIN_TOKEN_PREFIX}{}", self.random_hex(32));
-        let n = self
-            .control
-            .lock()
-            .expect("control")
-            .execute("UPDATE tenants SET admin_hash = ?1 WHERE id = ?2", params![sha(&token), tenant.to_string()])?;
+        let n = self.control.lock().expect("control").execute(
+            "UPDATE tenants SET next_admin_hash = ?1 WHERE id = ?2",
+            params![sha(&token), tenant.to_string()],
+        )?;
         if n == 0 {
             return Err(HubError::NotFound(format!("tenant {tenant}")));
         }

@@ -74,10 +74,15 @@ pub trait HubStorage: Send + Sync + 'static {
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
     /// Devices of a tenant.
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError>;
-    /// Gives an active device a new token; the one it authenticated with
-    /// stops working at once (only its hash was stored; it is replaced).
+    /// Gives an active device a new token (only its hash is stored). The
+    /// old token keeps working until the new one is first used, and that
+    /// first use retires it: a rotation whose answer was lost on the way
+    /// leaves the till with a working token, and its next rotation replaces
+    /// the lost one. The till uses its new token at once (`till devices
+    /// rotate`), so the old one dies within the same command.
     fn rotate_device_token(&self, dev: &DeviceAuth, now_ms: u64) -> Result<String, HubError>;
-    /// Gives a tenant a new admin token; the old one stops working at once.
+    /// Gives a tenant a new admin token, pending as a device token's is:
+    /// the old one works until the new one is first used.
     fn rotate_admin_token(&self, tenant: Uuid, now_ms: u64) -> Result<String, HubError>;
     /// Revokes a device of a tenant at once.
     fn revoke(&self, tenant: Uuid, device: Uuid) -> Result<(), HubError>;

@@ -1221,13 +1221,16 @@ impl World {
                 assert!(!r.text().contains(&self.revoked.token) && !r.text().contains("tsd_"), "{}: tokens", r.what);
             }
             "/v1/token/rotate" => {
-                // The caller's own token, and nobody else's, is replaced at once.
+                // The caller's own token, and nobody else's, is replaced:
+                // the old one works until the new one's first use, then never.
                 r.ok();
                 let old = ctx.rotated_device.as_ref().unwrap();
                 let v = r.json();
                 assert_eq!(v["device_id"], json!(old.device_id), "{}", r.what);
                 let new = v["token"].as_str().unwrap().to_string();
                 assert!(new.starts_with("tsd_") && new != old.token, "{}: new token {new}", r.what);
+                get(&self.router, "/v1/pull?after=0", &old.token).await.ok();
+                get(&self.router, "/v1/pull?after=0", &new).await.ok();
                 assert!(matches!(self.hub.authenticate(&old.token), Err(HubError::Unauthorized)), "{}: old", r.what);
                 assert!(
                     matches!(self.hub.authenticate(&new), Ok(Caller::Device(a)) if a == auth_of(old)),
@@ -1235,7 +1238,6 @@ impl World {
                     r.what
                 );
                 get(&self.router, "/v1/pull?after=0", &old.token).await.expect(401, "unauthorized");
-                get(&self.router, "/v1/pull?after=0", &new).await.ok();
             }
             "/v1/admin/token/rotate" => {
                 r.ok();
@@ -1244,8 +1246,9 @@ impl World {
                 assert_eq!(v["tenant_id"], json!(tenant), "{}", r.what);
                 let new = v["admin_token"].as_str().unwrap().to_string();
                 assert!(new.starts_with("tsa_") && &new != old, "{}: new token {new}", r.what);
-                get(&self.router, "/v1/devices", old).await.expect(401, "unauthorized");
+                get(&self.router, "/v1/devices", old).await.ok();
                 get(&self.router, "/v1/devices", &new).await.ok();
+                get(&self.router, "/v1/devices", old).await.expect(401, "unauthorized");
                 assert!(
                     matches!(self.hub.authenticate(&new), Ok(Caller::Admin { tenant_id }) if tenant_id == *tenant),
                     "{}: the new token is the same tenant's",
@@ -1773,6 +1776,49 @@ async fn enrolment_codes_are_single_use_and_expire(backend: Backend) {
     assert!(w.hub.create_enrol_code(w.ta, w.s_b1, now(), 600_000).is_err());
 }
 
+/// A rotation whose answer is lost (the caller never learns the new token)
+/// leaves the caller's token working, and the next rotation replaces the
+/// lost token, which then never works; the first use of a received token
+/// retires the old one. Device and admin tokens alike.
+async fn a_lost_rotation_answer_leaves_the_old_token_working(backend: Backend) {
+    let w = World::new(backend, 89).await;
+    let e = enrol(&*w.hub, w.ta, w.s_a1, "rotating");
+    let (_, admin) = w.hub.create_tenant("rotating admin", false, now()).unwrap();
+    let cases = [
+        ("/v1/token/rotate", "/v1/pull?after=0", e.token.clone(), "token"),
+        ("/v1/admin/token/rotate", "/v1/devices", admin.clone(), "admin_token"),
+    ];
+    for (rotate, probe, old, field) in cases {
+        // The first answer is lost on the way.
+        let lost = post_json(&w.router, rotate, Some(&old), &json!({})).await;
+        lost.ok();
+        let lost = lost.json()[field].as_str().unwrap().to_string();
+        get(&w.router, probe, &old).await.ok();
+        // The caller rotates again with the token it still has.
+        let r = post_json(&w.router, rotate, Some(&old), &json!({})).await;
+        r.ok();
+        let new = r.json()[field].as_str().unwrap().to_string();
+        assert!(new != lost && new != old, "{rotate}");
+        get(&w.router, probe, &lost).await.expect(401, "unauthorized");
+        get(&w.router, probe, &old).await.ok();
+        // The new token's first use retires the old one, and the lost one
+        // never comes back.
+        get(&w.router, probe, &new).await.ok();
+        get(&w.router, probe, &old).await.expect(401, "unauthorized");
+        get(&w.router, probe, &lost).await.expect(401, "unauthorized");
+        get(&w.router, probe, &new).await.ok();
+    }
+    assert!(matches!(w.hub.authenticate(&admin), Err(HubError::Unauthorized)));
+    // A revoked device's pending token is refused like its current one.
+    let e2 = enrol(&*w.hub, w.ta, w.s_a1, "rotating, then revoked");
+    let r = post_json(&w.router, "/v1/token/rotate", Some(&e2.token), &json!({})).await;
+    r.ok();
+    let pending = r.json()["token"].as_str().unwrap().to_string();
+    w.hub.revoke(w.ta, e2.device_id).unwrap();
+    get(&w.router, "/v1/pull?after=0", &pending).await.expect(401, "revoked");
+    get(&w.router, "/v1/pull?after=0", &e2.token).await.expect(401, "revoked");
+}
+
 /// The content of a device's backup object `m.tsb` in the matrix: its own
 /// id, so whose object came back is plain.
 fn backup_bytes(e: &Enrolment) -> Vec<u8> {
@@ -1885,6 +1931,7 @@ on_every_backend!(
     a_body_over_the_limit_is_413,
     malformed_queries_and_wrong_methods_are_json_errors,
     enrolment_codes_are_single_use_and_expire,
+    a_lost_rotation_answer_leaves_the_old_token_working,
     a_flooding_caller_is_rate_limited_alone,
     decoding_errors_name_no_server_types,
 );

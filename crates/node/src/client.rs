@@ -332,13 +332,13 @@ impl HubClient {
             .ok_or_else(|| SyncError::Network("the hub sent no digest".into()))
     }
 
-    /// A new token for this device (the current one stops working at once).
+    /// A new token for this device (the current one works until the new one is first used).
     pub async fn rotate_token(&self) -> Result<String, SyncError> {
         let v: serde_json::Value = self.post("/v1/token/rotate", &serde_json::json!({})).await?;
         v["token"].as_str().map(str::to_string).ok_or_else(|| SyncError::Network("the hub sent no token".into()))
     }
 
-    /// A new admin token for the tenant (admin token; the current one stops working at once).
+    /// A new admin token for the tenant (admin token; the current one works until the new one is first used).
     pub async fn rotate_admin_token(&self) -> Result<String, SyncError> {
         let v: serde_json::Value = self.post("/v1/admin/token/rotate", &serde_json::json!({})).await?;
         v["admin_token"]

@@ -488,7 +488,8 @@ pub enum TenantCmd {
         sample: bool,
     },
     /// Give a tenant a new admin token (for a lost or leaked one); the old
-    /// one stops working at once. Prints the new token (shown once).
+    /// one stops working at once (this command uses the new one once).
+    /// Prints the new token (shown once).
     RotateAdmin {
         #[command(flatten)]
         data: HubData,
@@ -549,14 +550,16 @@ pub enum DevicesCmd {
         device: String,
     },
     /// Give this till a new device token from its hub (authenticated with
-    /// the current one, which stops working at once) and keep it where the
-    /// current one is kept.
+    /// the current one) and keep it where the current one is kept; the
+    /// command then uses the new token once, which retires the old one.
     Rotate {
         #[command(flatten)]
         data: Data,
     },
-    /// Give the tenant a new admin token; the one given stops working at
-    /// once. Prints the new token (shown once).
+    /// Give the tenant a new admin token; the one given stops working when
+    /// the new one is first used, which this command does at once (so an
+    /// answer lost on the way leaves the old one working). Prints the new
+    /// token (shown once).
     RotateAdmin {
         #[command(flatten)]
         admin: AdminArgs,

@@ -98,7 +98,11 @@ pub fn run(cmd: HubCmd, j: bool) -> Result<()> {
         }
         HubCmd::Tenant(TenantCmd::RotateAdmin { data, tenant }) => {
             let tenant = uuid(&tenant, "tenant")?;
-            let token = hub(&data)?.rotate_admin_token(tenant, now_ms())?;
+            let hub = hub(&data)?;
+            let token = hub.rotate_admin_token(tenant, now_ms())?;
+            // A rotated token is pending until its first use; this command
+            // holds the hub's data, so it uses it at once and the old one dies.
+            hub.authenticate(&token)?;
             if j {
                 output::json(&json!({"tenant_id": tenant, "admin_token": token}));
             } else {

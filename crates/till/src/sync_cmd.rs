@@ -320,24 +320,37 @@ pub fn devices(cmd: DevicesCmd, j: bool) -> Result<()> {
             let store = open(dir)?;
             let client = client_for(dir, &store)?;
             let token = rt.block_on(client.rotate_token())?;
-            // The hub forgot the old token already: keep the new one at once,
-            // through the accessor that owns the token's storage.
+            // The old token works until the new one is first used: keep the
+            // new one, then use it once, which retires the old one on the hub.
             tillsync_node::sync::save_token(dir, &token).map_err(|e| {
-                anyhow!("the hub gave a new token but it could not be kept ({e}); the till must be enrolled again")
+                anyhow!("the hub gave a new token but it could not be kept ({e}); the old token still works: run `till devices rotate` again")
             })?;
             let device = store.identity().device_id;
+            let retired = rt.block_on(client_for(dir, &store)?.digest()).is_ok();
             if j {
-                output::json(&json!({"device_id": device, "rotated": true}))
-            } else {
+                output::json(&json!({"device_id": device, "rotated": true, "old_token_retired": retired}))
+            } else if retired {
                 println!("device {device}: new token kept in {}; the old one no longer works", dir.display())
+            } else {
+                println!(
+                    "device {device}: new token kept in {}; the old one stops working at the till's next sync",
+                    dir.display()
+                )
             }
         }
         DevicesCmd::RotateAdmin { admin: a } => {
             let token = rt.block_on(admin(&a)?.rotate_admin_token())?;
+            // First use of the new token retires the old one (see above).
+            let new_admin = AdminArgs { token: token.clone(), ..a };
+            let retired = rt.block_on(admin(&new_admin)?.devices()).is_ok();
             if j {
-                output::json(&json!({"admin_token": token}))
-            } else {
+                output::json(&json!({"admin_token": token, "old_token_retired": retired}))
+            } else if retired {
                 println!("new admin token (shown once, keep it safe; the old one no longer works): {token}")
+            } else {
+                println!(
+                    "new admin token (shown once, keep it safe; the old one works until this one is first used): {token}"
+                )
             }
         }
     }

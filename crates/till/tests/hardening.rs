@@ -446,7 +446,7 @@ fn tokens_have_prefixes_rotate_and_revoke_at_once() {
     // and the till keeps syncing with it.
     assert_eq!(get(&addr, "/v1/digest", &old).status, 200);
     let r = json(&["devices", "rotate", "--data", p(&a)]);
-    assert_eq!(r["rotated"], true, "{r}");
+    assert_eq!((&r["rotated"], &r["old_token_retired"]), (&Value::Bool(true), &Value::Bool(true)), "{r}");
     assert!(!r.to_string().contains("tsd_"), "the new token is never printed: {r}");
     let new = token_of(&a);
     assert!(new.starts_with("tsd_") && new != old, "{new}");
