@@ -30,7 +30,9 @@
 //! the seed of run 0 (run k uses seed + k; default below), and
 //! `TILL_FAULT_RUN_MS` the length of each run's fault window (default 4000);
 //! `TILL_FAULT_VERBOSE=1` prints each run's nemesis history (a failed run
-//! always prints it).
+//! always prints it); `TILL_FAULT_HUB=pg` runs the hub on PostgreSQL (a
+//! fresh database per run on the server of `TILLSYNC_TEST_PG`) instead of
+//! SQLite.
 //! The seed fixes the nemesis schedule and the sale rates; the processes'
 //! interleaving is the machine's, so a replay repeats the schedule, not
 //! every timing. A failure names the run, its seed and the command that
@@ -189,7 +191,8 @@ impl Till {
 }
 
 struct HubProc {
-    data: PathBuf,
+    /// `hub serve`'s storage arguments (`--data DIR` or `--database-url URL`).
+    storage: Vec<String>,
     port: u16,
     hub: Option<Hub>,
     paused_until: Option<Instant>,
@@ -300,11 +303,19 @@ fn run_one(k: u64, seed: u64, window: Duration) -> RunReport {
     );
     let mut rng = XorShift::new(seed);
     let tmp = TempDir::new().expect("temp dir");
-    let hub_dir = tmp.path().join("hub");
-    let tenant = sample_tenant(&hub_dir, "Fault Run");
-    let hub = Hub::start(&hub_dir);
+    // The database (PostgreSQL hub) lives as long as the run.
+    let (_db, storage) = if std::env::var("TILL_FAULT_HUB").as_deref() == Ok("pg") {
+        let db = tillsync_hub::pg::testing::TestDatabase::create();
+        let storage = vec!["--database-url".to_string(), db.url.clone()];
+        (Some(db), storage)
+    } else {
+        (None, vec!["--data".to_string(), tmp.path().join("hub").display().to_string()])
+    };
+    let storage_args: Vec<&str> = storage.iter().map(String::as_str).collect();
+    let tenant = sample_tenant_on(&storage_args, "Fault Run");
+    let hub = Hub::try_start_on(&storage_args, "127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let mut hubp =
-        HubProc { data: hub_dir.clone(), port: hub.port, hub: Some(hub), paused_until: None, dead_until: None };
+        HubProc { storage: storage.clone(), port: hub.port, hub: Some(hub), paused_until: None, dead_until: None };
     let hub_url = format!("http://127.0.0.1:{}", hubp.port);
 
     let mut tills: Vec<Till> = (0..TILLS)
@@ -562,7 +573,7 @@ fn run_one(k: u64, seed: u64, window: Duration) -> RunReport {
         assert_eq!(st["pending_total"], 0, "{ctx}: till {} pending: {st}", t.prefix);
         assert_eq!(st["quarantined"], 0, "{ctx}: till {} has quarantined changes: {st}", t.prefix);
     }
-    let usage = json(&["hub", "usage", "--tenant", &tenant.id, "--data", p(&hub_dir)]);
+    let usage = json(&tenant.on(&["hub", "usage", "--tenant", &tenant.id]));
     assert_eq!(usage["quarantined"], 0, "{ctx}: the hub quarantined changes: {usage}");
     assert!(
         acked > 0,
@@ -587,7 +598,8 @@ fn heal_due(tills: &mut [Till], hubp: &mut HubProc, now: Instant, hist: &mut His
         hist.note("SIGCONT the hub".into());
     }
     if hubp.dead_until.is_some_and(|t| t <= now) {
-        hubp.hub = Some(Hub::start_on_port(&hubp.data, hubp.port));
+        let storage: Vec<&str> = hubp.storage.iter().map(String::as_str).collect();
+        hubp.hub = Some(Hub::start_on_port_with(&storage, hubp.port));
         hubp.dead_until = None;
         hist.note("restarted the hub".into());
     }

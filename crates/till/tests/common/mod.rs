@@ -290,7 +290,11 @@ impl Drop for Bg {
 // ---------------------------------------------------------------------------
 
 pub struct Tenant {
+    /// The SQLite hub's folder (empty on a PostgreSQL hub).
     pub hub_dir: PathBuf,
+    /// Where the hub keeps its data, as the admin commands take it:
+    /// `--data DIR` or `--database-url URL`.
+    pub storage: Vec<String>,
     pub id: String,
     pub admin: String,
     pub store: String,
@@ -298,16 +302,29 @@ pub struct Tenant {
 
 /// A sample tenant with one store (which gets the sample's opening stock).
 pub fn sample_tenant(hub_dir: &Path, name: &str) -> Tenant {
-    let t = json(&["hub", "tenant", "create", name, "--sample", "--data", p(hub_dir)]);
+    let mut t = sample_tenant_on(&["--data", p(hub_dir)], name);
+    t.hub_dir = hub_dir.to_path_buf();
+    t
+}
+
+/// [`sample_tenant`] on any hub storage (`--data DIR` or `--database-url URL`).
+pub fn sample_tenant_on(storage: &[&str], name: &str) -> Tenant {
+    let t = json(&[&["hub", "tenant", "create", name, "--sample"], storage].concat());
     let id = s(&t["tenant_id"]);
     let admin = s(&t["admin_token"]);
-    let st = json(&["hub", "store", "create", "--tenant", &id, "High Street", "--data", p(hub_dir)]);
-    Tenant { hub_dir: hub_dir.to_path_buf(), id, admin, store: s(&st["store_id"]) }
+    let st = json(&[&["hub", "store", "create", "--tenant", &id, "High Street"], storage].concat());
+    let storage = storage.iter().map(|a| a.to_string()).collect();
+    Tenant { hub_dir: PathBuf::new(), storage, id, admin, store: s(&st["store_id"]) }
 }
 
 impl Tenant {
+    /// `args` followed by this tenant's hub storage arguments.
+    pub fn on<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        args.iter().copied().chain(self.storage.iter().map(String::as_str)).collect()
+    }
+
     pub fn code(&self) -> String {
-        let e = json(&["hub", "enrol", "--tenant", &self.id, "--store", &self.store, "--data", p(&self.hub_dir)]);
+        let e = json(&self.on(&["hub", "enrol", "--tenant", &self.id, "--store", &self.store]));
         s(&e["code"])
     }
 
@@ -323,13 +340,13 @@ impl Tenant {
 
     /// The hub's state digest of the store (read from the hub's folder).
     pub fn digest(&self) -> String {
-        let d = json(&["hub", "digest", "--tenant", &self.id, "--store", &self.store, "--data", p(&self.hub_dir)]);
+        let d = json(&self.on(&["hub", "digest", "--tenant", &self.id, "--store", &self.store]));
         s(&d["state_digest"])
     }
 
     /// Changes stored on the hub for this tenant.
     pub fn changes(&self) -> u64 {
-        let u = json(&["hub", "usage", "--tenant", &self.id, "--data", p(&self.hub_dir)]);
+        let u = json(&self.on(&["hub", "usage", "--tenant", &self.id]));
         u["changes"].as_u64().unwrap_or_else(|| panic!("changes in {u}"))
     }
 }
