@@ -20,8 +20,8 @@
 
 use crate::HubError;
 use crate::sqlite::{
-    ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, hash_matches, other_origins, sha,
-    split_scope, validate,
+    ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, other_origins, sha, split_scope,
+    token_match, validate,
 };
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use postgres::fallible_iterator::FallibleIterator;
@@ -1268,10 +1268,8 @@ impl HubStorage for PgHub {
                         &[&h],
                     )?
                     .ok_or(HubError::Unauthorized)?;
-                let via_next = row.get::<_, Option<&str>>(5).is_some_and(|n| hash_matches(n, &h));
-                if !via_next && !hash_matches(row.get::<_, &str>(4), &h) {
-                    return Err(HubError::Unauthorized);
-                }
+                let via_next =
+                    token_match(row.get(4), row.get::<_, Option<&str>>(5), &h).ok_or(HubError::Unauthorized)?;
                 match row.get::<_, &str>(3) {
                     "active" => {}
                     "forked" => return Err(HubError::Forked),
@@ -1298,10 +1296,8 @@ impl HubStorage for PgHub {
                         &[&h],
                     )?
                     .ok_or(HubError::Unauthorized)?;
-                let via_next = row.get::<_, Option<&str>>(2).is_some_and(|n| hash_matches(n, &h));
-                if !via_next && !hash_matches(row.get::<_, &str>(1), &h) {
-                    return Err(HubError::Unauthorized);
-                }
+                let via_next =
+                    token_match(row.get(1), row.get::<_, Option<&str>>(2), &h).ok_or(HubError::Unauthorized)?;
                 if via_next {
                     c.execute(
                         "UPDATE tenants SET admin_hash = next_admin_hash, next_admin_hash = NULL

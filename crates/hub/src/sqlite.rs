@@ -101,6 +101,20 @@ pub(crate) fn hash_matches(stored: &str, computed: &str) -> bool {
     stored.len() == computed.len() && bool::from(stored.as_bytes().ct_eq(computed.as_bytes()))
 }
 
+/// Which of a row's two token hashes the presented token's hash `h` is:
+/// `Some(false)` the current one, `Some(true)` the one a rotation left
+/// pending (its first use retires the current one), `None` neither. Both
+/// compared in constant time.
+pub(crate) fn token_match(current: &str, next: Option<&str>, h: &str) -> Option<bool> {
+    if next.is_some_and(|n| hash_matches(n, h)) {
+        Some(true)
+    } else if hash_matches(current, h) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// A new device token: recognisable by its prefix (`tsd_`), 256 random bits.
 pub(crate) const DEVICE_TOKEN_PREFIX: &str = "tsd_";
 /// A new admin token's prefix (`tsa_`).
@@ -666,10 +680,7 @@ impl HubStorage for SqliteHub {
                 .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
                 .optional()?;
             let (id, tenant, store, status, current, next) = row.ok_or(HubError::Unauthorized)?;
-            let via_next = next.as_deref().is_some_and(|n| hash_matches(n, &h));
-            if !via_next && !hash_matches(&current, &h) {
-                return Err(HubError::Unauthorized);
-            }
+            let via_next = token_match(&current, next.as_deref(), &h).ok_or(HubError::Unauthorized)?;
             match status.as_str() {
                 "active" => {}
                 "forked" => return Err(HubError::Forked),
@@ -697,10 +708,7 @@ impl HubStorage for SqliteHub {
                 .query_row([&h], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             let (tenant, current, next) = row.ok_or(HubError::Unauthorized)?;
-            let via_next = next.as_deref().is_some_and(|n| hash_matches(n, &h));
-            if !via_next && !hash_matches(&current, &h) {
-                return Err(HubError::Unauthorized);
-            }
+            let via_next = token_match(&current, next.as_deref(), &h).ok_or(HubError::Unauthorized)?;
             if via_next {
                 c.execute(
                     "UPDATE tenants SET admin_hash = next_admin_hash, next_admin_hash = NULL WHERE id = ?1 AND next_admin_hash = ?2",
