@@ -381,13 +381,16 @@ fn scheduled_backups_run_in_node_run_and_show_in_status() {
     let st = ok(&["status", "--data", p(&a), "--json"]);
     assert!(st["last_backup_at"].is_null(), "{st}");
     let child = Command::new(BIN)
-        .args(["node", "run", "--data", p(&a), "--ui", "127.0.0.1:0", "--exit-after", "13", "--json"])
+        .args(["node", "run", "--data", p(&a), "--ui", "127.0.0.1:0", "--exit-after", "90", "--json"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let _bg = Bg(child);
-    let end = Instant::now() + Duration::from_secs(20);
+    // Each backup pays age's scrypt work factor (about 1 s on a quiet
+    // machine, several under a loaded CI): the deadline leaves room for
+    // that; the loop ends as soon as two rounds have been seen.
+    let end = Instant::now() + Duration::from_secs(75);
     let mut seen = 0;
     while Instant::now() < end {
         let list = ok(&["backup", "list", "--from", p(&bk), "--json"]);
