@@ -1,11 +1,11 @@
 //! Backups of a till: a consistent snapshot of the node database taken while
-//! the till keeps selling (`sqlcipher_export` in one read transaction, into
-//! a database encrypted with a fresh key that travels inside the
-//! age-encrypted object, so no plaintext copy touches the disk), compressed
-//! with zstd and encrypted with age (a passphrase or a recipient key;
-//! encryption is not optional), streamed so memory does not grow with the
-//! database, with a manifest that records who, when, the sync position and
-//! the SHA-256 of both the plaintext and the stored object.
+//! the till keeps selling (its pages, read decrypted through `sqlite_dbpage`
+//! in one read transaction, see [`pages`]; no copy touches the disk),
+//! compressed with zstd and encrypted with age (a passphrase or a recipient
+//! key; encryption is not optional), streamed so memory does not grow with
+//! the database, with a manifest that records who, when, the sync position
+//! and the SHA-256 of both the plaintext stream and the stored object.
+//! Restore writes the pages back under the new till's key.
 //!
 //! A destination stores an object and its manifest: a folder ([`Folder`]) or
 //! S3-compatible object storage ([`s3::S3`], `s3://bucket/prefix`). The
@@ -16,6 +16,7 @@
 //! Progress is reported through callbacks `(done_bytes, total_bytes)`; the
 //! binary turns them into a progress bar.
 
+pub mod pages;
 pub mod s3;
 
 use serde::{Deserialize, Serialize};
@@ -260,37 +261,58 @@ fn encryptor(key: &Key) -> Result<age::Encryptor, BackupError> {
     }
 }
 
-/// Copies the till database into `snap`, a new database encrypted with
-/// `snap_key` (a fresh random key that travels only inside the
-/// age-encrypted object), in one read transaction of the WAL database, so
-/// sales keep committing. SQLCipher copies between different keys only
-/// with `sqlcipher_export`, which rebuilds every b-tree (slower than the
-/// page copy of the online backup API, which it refuses here). The device
-/// token is left out: a restored till enrols again.
-fn snapshot(db: &Path, snap: &Path, snap_key: &DbKey) -> Result<(), BackupError> {
-    let fail = |e: tillsync_store::StoreError| BackupError::Io(format!("cannot snapshot: {e}"));
-    let db_key = keys::resolve(db).map_err(fail)?;
-    keys::export(db, &db_key, snap, snap_key).map_err(fail)?;
-    let conn = rusqlite::Connection::open(snap).map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
-    keys::apply(&conn, snap_key, snap).map_err(fail)?;
-    conn.pragma_update(None, "secure_delete", "ON")
-        .and_then(|_| conn.execute("DELETE FROM meta WHERE key = ?1", [DEVICE_TOKEN_META]))
-        .map_err(|e| BackupError::Io(format!("cannot snapshot: {e}")))?;
-    Ok(())
-}
-
 /// The `meta` key of the device token (kept in the encrypted database,
 /// never in a backup).
 pub const DEVICE_TOKEN_META: &str = "device_token";
 
-/// The header of the decrypted stream: a tag and the snapshot's key (hex).
-/// Backups made before encryption at rest start with the plaintext
-/// database itself.
+/// The header of the decrypted stream of backups made between encryption
+/// at rest and page streams: a tag and the snapshot's key (hex), then the
+/// snapshot database encrypted under that key. Backups made before
+/// encryption at rest start with the plaintext database itself. Both still
+/// restore.
 const SNAPSHOT_KEY_TAG: &[u8; 4] = b"TSK1";
 const SNAPSHOT_HEADER_LEN: usize = 4 + 64 + 1;
 
+/// A file writer that asks the kernel to write its data out every
+/// `SYNC_EVERY_BYTES`. Left to itself, the kernel lets hundreds of
+/// megabytes of a backup pile up as dirty pages and then writes them out
+/// at once, and the till's own commit (an fsync) waits behind that burst.
+struct Paced {
+    file: std::fs::File,
+    unsynced: u64,
+}
+
+/// Bytes written between two syncs of a backup object (see [`Paced`]).
+const SYNC_EVERY_BYTES: u64 = 4 << 20;
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= SYNC_EVERY_BYTES {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+fn sql(what: &'static str) -> impl Fn(rusqlite::Error) -> BackupError {
+    move |e| BackupError::Io(format!("{what}: {e}"))
+}
+
 /// Creates a backup of the till database at `db` into `dest`. `work` is a
-/// folder for the temporary snapshot and object (beside the till is best).
+/// folder for the object while it is written (beside the till is best).
+///
+/// The pages are read decrypted through `sqlite_dbpage` in one read
+/// transaction of the WAL database, so the till keeps selling and the
+/// backup is one consistent state; the manifest's facts are read in the
+/// same transaction. The stream is compressed, encrypted and written as it
+/// is read: nothing holds more than a buffer. The device token is masked
+/// in the pages (a restored till enrols again).
 pub fn create(
     db: &Path,
     dest: &dyn Destination,
@@ -301,6 +323,7 @@ pub fn create(
 ) -> Result<Manifest, BackupError> {
     let (conn, _) = keys::open(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| BackupError::Io(e.to_string()))?;
+    conn.execute_batch("BEGIN").map_err(sql("cannot start the backup's read transaction"))?;
     let meta = |k: &str| -> Result<String, BackupError> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get::<_, String>(0))
             .map_err(|e| BackupError::Io(format!("{} is not a till: {e}", db.display())))
@@ -309,6 +332,7 @@ pub fn create(
         Uuid::parse_str(&meta(k)?).map_err(|e| BackupError::Io(e.to_string()))
     };
     let backup_id = format!("{}-{}", now_ms, &meta("device_id")?.replace('-', "")[20..32]);
+    let token = meta(DEVICE_TOKEN_META).unwrap_or_default();
     std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
     // Leftovers of a backup that was killed half-way are removed first.
     if let Ok(entries) = std::fs::read_dir(work) {
@@ -319,11 +343,7 @@ pub fn create(
             }
         }
     }
-    let snap = work.join(format!(".{backup_id}.snapshot.db"));
     let obj = work.join(format!(".{backup_id}.object"));
-    let _ = std::fs::remove_file(&snap);
-    let snap_key = DbKey::random()?;
-    snapshot(db, &snap, &snap_key)?;
     let schema_version: i64 =
         conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| BackupError::Io(e.to_string()))?;
     let manifest_base = Manifest {
@@ -347,46 +367,85 @@ pub fn create(
             Key::Recipient(_) => "recipient".into(),
         },
     };
-    drop(conn);
     let result = (|| {
-        let total = std::fs::metadata(&snap).map_err(io("snapshot"))?.len();
-        let mut input = TeeRead {
-            inner: BufReader::with_capacity(BUF_LEN, std::fs::File::open(&snap).map_err(io("snapshot"))?),
+        // The token can only be in the `meta` table's pages (old values are
+        // overwritten: `write_meta` deletes securely), so only those are
+        // searched; `dbstat` lists them, overflow pages included.
+        let meta_pages: std::collections::HashSet<i64> = {
+            let mut st = conn
+                .prepare("SELECT pageno FROM dbstat WHERE name = 'meta'")
+                .map_err(sql("cannot list the meta table's pages"))?;
+            st.query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(sql("cannot list the meta table's pages"))?
+        };
+        // `count(*)` reads no page: the virtual table knows the last one.
+        let page_count: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))
+            .map_err(sql("cannot read the database's pages"))?;
+        let out = std::fs::File::create(&obj).map_err(io("cannot write the object"))?;
+        let mut stored = Tee {
+            inner: BufWriter::with_capacity(BUF_LEN, Paced { file: out, unsynced: 0 }),
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let out = std::fs::File::create(&obj).map_err(io("cannot write the object"))?;
-        let mut stored = Tee { inner: BufWriter::with_capacity(BUF_LEN, out), hasher: Sha256::new(), bytes: 0 };
-        {
+        let (plain_bytes, plain_hash) = {
             let enc = encryptor(key)?.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
             let mut z = zstd::stream::Encoder::new(enc, ZSTD_LEVEL).map_err(io("cannot compress"))?;
             z.multithread(ZSTD_WORKERS).map_err(io("cannot compress"))?;
-            let DbKey::Raw(h) = &snap_key else { unreachable!("a random key is raw") };
-            z.write_all(SNAPSHOT_KEY_TAG).map_err(io("cannot compress"))?;
-            z.write_all(h.as_bytes()).map_err(io("cannot compress"))?;
-            z.write_all(b"\n").map_err(io("cannot compress"))?;
-            let mut buf = vec![0u8; BUF_LEN];
-            loop {
-                let n = input.read(&mut buf).map_err(io("cannot read the snapshot"))?;
-                if n == 0 {
-                    break;
+            let mut plain = Tee { inner: z, hasher: Sha256::new(), bytes: 0 };
+            let mut st = conn
+                .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
+                .map_err(sql("cannot read the database's pages"))?;
+            let mut rows = st.query([]).map_err(sql("cannot read the database's pages"))?;
+            let (mut header, mut reserve, mut seen) = (None::<pages::Header>, 0u8, 0u64);
+            while let Some(row) = rows.next().map_err(sql("cannot read a page"))? {
+                let pgno: i64 = row.get(0).map_err(sql("cannot read a page"))?;
+                let mut page: Vec<u8> = row.get(1).map_err(sql("cannot read a page"))?;
+                seen += 1;
+                if pgno as u64 != seen {
+                    return Err(BackupError::Io(format!("page {pgno} came where page {seen} was expected")));
                 }
-                z.write_all(&buf[..n]).map_err(io("cannot compress"))?;
-                progress(input.bytes, total);
+                let h = match header {
+                    Some(h) => h,
+                    None => {
+                        let h = pages::Header { page_len: page.len() as u32, page_count: page_count as u64 };
+                        reserve = pages::reserve_len(&page);
+                        plain.write_all(&h.encode()).map_err(io("cannot compress"))?;
+                        header = Some(h);
+                        h
+                    }
+                };
+                if page.len() != h.page_len as usize {
+                    return Err(BackupError::Io(format!("page {pgno} has {} bytes, not {}", page.len(), h.page_len)));
+                }
+                let secret = if meta_pages.contains(&pgno) { token.as_bytes() } else { b"" };
+                pages::scrub(&mut page, reserve, secret);
+                plain.write_all(&page).map_err(io("cannot compress"))?;
+                if seen % 256 == 0 || seen == h.page_count {
+                    progress(plain.bytes, h.stream_len());
+                }
             }
-            let enc = z.finish().map_err(io("cannot compress"))?;
+            if header.is_none() || seen != page_count as u64 {
+                return Err(BackupError::Io(format!("read {seen} pages of {page_count}")));
+            }
+            let (bytes, hash) = (plain.bytes, hex(&plain.hasher.finalize()));
+            let enc = plain.inner.finish().map_err(io("cannot compress"))?;
             enc.finish().map_err(io("cannot encrypt"))?;
-        }
+            (bytes, hash)
+        };
         stored.flush().map_err(io("cannot write the object"))?;
         let mut m = manifest_base.clone();
-        m.plaintext_bytes = input.bytes;
-        m.plaintext_sha256 = hex(&input.hasher.finalize());
+        m.plaintext_bytes = plain_bytes;
+        m.plaintext_sha256 = plain_hash;
         m.stored_bytes = stored.bytes;
         m.stored_sha256 = hex(&stored.hasher.finalize());
+        // The read transaction ends before the upload: the till's WAL can
+        // be checkpointed past it while the object travels.
+        let _ = conn.execute_batch("COMMIT");
         dest.publish(&m, &obj)?;
         Ok(m)
     })();
-    let _ = std::fs::remove_file(&snap);
     let _ = std::fs::remove_file(&obj);
     result
 }
@@ -426,54 +485,58 @@ pub fn open_object<'a, R: Read + 'a>(object: R, ids: &[Box<dyn age::Identity>]) 
     zstd::stream::Decoder::new(reader).map_err(|e| BackupError::Damaged(e.to_string()))
 }
 
-/// Decrypts and decompresses a backup into `out`, checking both digests;
-/// returns the key of the database written (a fresh key made for the
-/// backup; plaintext for backups made before encryption at rest). `out`
-/// is removed if anything fails.
+fn cut_short(e: io::Error) -> BackupError {
+    BackupError::Damaged(format!("the object does not decrypt or decompress to the end ({e})"))
+}
+
+/// Decrypts and decompresses a backup into a new database at `out`,
+/// encrypted with `out_key`, checking both digests, and removes the
+/// masked device token. `out` is removed if anything fails.
+///
+/// A page stream is written page for page through `sqlite_dbpage` (the
+/// destination's cipher encrypts each page under `out_key`), with no
+/// journal: a failed restore leaves no till behind, so there is nothing to
+/// roll back to. Older objects (an encrypted snapshot, or a plaintext
+/// database) are unpacked beside `out` and copied under `out_key`.
 pub fn extract(
     dest: &dyn Destination,
     m: &Manifest,
     unlock: &Unlock,
     out: &Path,
+    out_key: &DbKey,
     mut progress: impl FnMut(u64, u64),
-) -> Result<DbKey, BackupError> {
+) -> Result<(), BackupError> {
+    if out.exists() {
+        return Err(BackupError::Io(format!("{} exists", out.display())));
+    }
+    let side = out.with_extension("unpacked");
     let r = (|| {
         let raw = dest.open(&m.backup_id)?;
         let mut stored = TeeRead { inner: raw, hasher: Sha256::new(), bytes: 0 };
         let ids = identities(unlock)?;
-        let mut snap_key = DbKey::Plaintext;
-        let plain_bytes;
-        let plain_hash;
-        {
-            let mut z = open_object(&mut stored, &ids)?;
-            let f = std::fs::File::create(out).map_err(io("cannot write the restored database"))?;
-            let mut w = Tee { inner: BufWriter::with_capacity(BUF_LEN, f), hasher: Sha256::new(), bytes: 0 };
-            let mut head = [0u8; SNAPSHOT_HEADER_LEN];
-            z.read_exact(&mut head).map_err(|e| {
-                BackupError::Damaged(format!("the object does not decrypt or decompress to the end ({e})"))
-            })?;
-            if head.starts_with(SNAPSHOT_KEY_TAG) {
-                snap_key = DbKey::parse_raw(&String::from_utf8_lossy(&head[4..SNAPSHOT_HEADER_LEN - 1]))
-                    .ok_or_else(|| BackupError::Damaged("the snapshot's key is unreadable".into()))?;
-            } else {
-                w.write_all(&head).map_err(io("cannot write the restored database"))?;
-            }
-            let mut buf = vec![0u8; BUF_LEN];
-            loop {
-                let n = z.read(&mut buf).map_err(|e| {
-                    BackupError::Damaged(format!("the object does not decrypt or decompress to the end ({e})"))
-                })?;
-                if n == 0 {
-                    break;
+        let (plain_bytes, plain_hash) = {
+            let z = open_object(&mut stored, &ids)?;
+            let mut plain = TeeRead { inner: BufReader::with_capacity(BUF_LEN, z), hasher: Sha256::new(), bytes: 0 };
+            let mut head = [0u8; pages::HEADER_LEN];
+            plain.read_exact(&mut head).map_err(cut_short)?;
+            match pages::Header::decode(&head) {
+                Some(h) => {
+                    let h = h.map_err(BackupError::Damaged)?;
+                    write_pages(&mut plain, &h, out, out_key, &side, &mut progress, m.plaintext_bytes)?;
                 }
-                w.write_all(&buf[..n]).map_err(io("cannot write the restored database"))?;
-                progress(w.bytes, m.plaintext_bytes);
+                None => {
+                    let snap_key = unpack_legacy(&mut plain, &head, &side, &mut progress, m.plaintext_bytes)?;
+                    keys::export(&side, &snap_key, out, out_key)?;
+                    let _ = std::fs::remove_file(&side);
+                }
             }
-            w.flush().map_err(io("cannot write the restored database"))?;
-            w.inner.get_ref().sync_all().map_err(io("cannot sync"))?;
-            plain_bytes = w.bytes;
-            plain_hash = hex(&w.hasher.clone().finalize());
-        }
+            // Anything after the pages is not what was backed up.
+            let mut rest = [0u8; 1];
+            if plain.read(&mut rest).map_err(cut_short)? != 0 {
+                return Err(BackupError::Damaged("the object holds more than its pages".into()));
+            }
+            (plain.bytes, hex(&plain.hasher.clone().finalize()))
+        };
         // Drain what is left so the stored digest covers the whole object.
         io::copy(&mut stored, &mut io::sink()).map_err(io("cannot read the object"))?;
         let stored_hash = hex(&stored.hasher.finalize());
@@ -486,12 +549,122 @@ pub fn extract(
         if plain_hash != m.plaintext_sha256 || plain_bytes != m.plaintext_bytes {
             return Err(BackupError::Damaged("the decrypted database does not match the manifest's SHA-256".into()));
         }
-        Ok(snap_key)
+        forget_token(out, out_key)
     })();
     if r.is_err() {
-        let _ = std::fs::remove_file(out);
+        for f in [out.to_path_buf(), side.clone()] {
+            let _ = std::fs::remove_file(&f);
+            let _ = std::fs::remove_file(f.with_extension("db-wal"));
+            let _ = std::fs::remove_file(f.with_extension("db-shm"));
+        }
     }
     r
+}
+
+/// Writes the pages that follow `h` into a new database at `out` under
+/// `key`. Pages of a plaintext till have no room for SQLCipher's IV and
+/// HMAC: they go into a plaintext database at `side` first and are copied
+/// under `key` from there (the till they came from was plaintext too).
+fn write_pages(
+    plain: &mut impl Read,
+    h: &pages::Header,
+    out: &Path,
+    key: &DbKey,
+    side: &Path,
+    progress: &mut impl FnMut(u64, u64),
+    total: u64,
+) -> Result<(), BackupError> {
+    let mut page = vec![0u8; h.page_len as usize];
+    plain.read_exact(&mut page).map_err(cut_short)?;
+    let encrypted = !matches!(key, DbKey::Plaintext);
+    let (target, target_key) = match pages::check_page1(&page, h, encrypted) {
+        Ok(()) => (out, key),
+        Err(pages::PageError::ReserveTooSmall(_)) => (side, &DbKey::Plaintext),
+        Err(e) => return Err(BackupError::Damaged(e.to_string())),
+    };
+    let fail = sql("cannot write the restored database");
+    let conn = rusqlite::Connection::open(target).map_err(&fail)?;
+    if !matches!(target_key, DbKey::Plaintext) {
+        conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
+        conn.pragma_update(None, "key", target_key.sql_value()).map_err(&fail)?;
+        conn.pragma_update(None, "cipher_page_size", h.page_len).map_err(&fail)?;
+    } else {
+        conn.pragma_update(None, "page_size", h.page_len).map_err(&fail)?;
+    }
+    // No journal and no syncs while the pages go in: the file is new and
+    // is removed if anything fails; it is synced once at the end.
+    conn.pragma_update(None, "journal_mode", "OFF").map_err(&fail)?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(&fail)?;
+    conn.execute_batch("BEGIN").map_err(&fail)?;
+    {
+        let mut st = conn.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)").map_err(&fail)?;
+        let mut done = pages::HEADER_LEN as u64;
+        for pgno in 1..=h.page_count {
+            if pgno > 1 {
+                plain.read_exact(&mut page).map_err(cut_short)?;
+            }
+            st.execute(rusqlite::params![pgno as i64, &page]).map_err(&fail)?;
+            done += u64::from(h.page_len);
+            if pgno % 256 == 0 || pgno == h.page_count {
+                progress(done, total);
+            }
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(&fail)?;
+    drop(conn);
+    std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(io("cannot sync the restored database"))?;
+    if target == side {
+        keys::export(side, &DbKey::Plaintext, out, key)?;
+        let _ = std::fs::remove_file(side);
+    }
+    Ok(())
+}
+
+/// Unpacks a backup made before page streams into `side`; returns the key
+/// it is encrypted with. `head` is what was read of the stream already.
+fn unpack_legacy(
+    plain: &mut impl Read,
+    head: &[u8; pages::HEADER_LEN],
+    side: &Path,
+    progress: &mut impl FnMut(u64, u64),
+    total: u64,
+) -> Result<DbKey, BackupError> {
+    let f = std::fs::File::create(side).map_err(io("cannot write the restored database"))?;
+    let mut w = BufWriter::with_capacity(BUF_LEN, f);
+    let mut key = DbKey::Plaintext;
+    if head.starts_with(SNAPSHOT_KEY_TAG) {
+        let mut rest = [0u8; SNAPSHOT_HEADER_LEN - pages::HEADER_LEN];
+        plain.read_exact(&mut rest).map_err(cut_short)?;
+        let hex_key = [&head[4..], &rest[..rest.len() - 1]].concat();
+        key = DbKey::parse_raw(&String::from_utf8_lossy(&hex_key))
+            .ok_or_else(|| BackupError::Damaged("the snapshot's key is unreadable".into()))?;
+    } else {
+        w.write_all(head).map_err(io("cannot write the restored database"))?;
+    }
+    let mut buf = vec![0u8; BUF_LEN];
+    let mut done = 0u64;
+    loop {
+        let n = plain.read(&mut buf).map_err(cut_short)?;
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).map_err(io("cannot write the restored database"))?;
+        done += n as u64;
+        progress(done, total);
+    }
+    w.flush().map_err(io("cannot write the restored database"))?;
+    w.get_ref().sync_all().map_err(io("cannot sync"))?;
+    Ok(key)
+}
+
+/// Removes the masked device token from a restored database.
+fn forget_token(db: &Path, key: &DbKey) -> Result<(), BackupError> {
+    let conn = rusqlite::Connection::open(db).map_err(sql("cannot open the restored database"))?;
+    keys::apply(&conn, key, db)?;
+    conn.pragma_update(None, "secure_delete", "ON")
+        .and_then(|_| conn.execute("DELETE FROM meta WHERE key = ?1", [DEVICE_TOKEN_META]))
+        .map_err(sql("cannot clean the restored database"))?;
+    Ok(())
 }
 
 /// What verify found.
@@ -521,11 +694,14 @@ pub fn verify_with_progress(
     let m = pick(dest, id)?;
     std::fs::create_dir_all(work).map_err(io("cannot create the work folder"))?;
     let tmp = work.join(format!(".{}.verify.db", m.backup_id));
-    let snap_key = extract(dest, &m, unlock, &tmp, progress)?;
+    let _ = std::fs::remove_file(&tmp);
+    // The copy is checked under a key that lives only in this process.
+    let tmp_key = DbKey::random()?;
+    extract(dest, &m, unlock, &tmp, &tmp_key, progress)?;
     let r = (|| {
         let conn = rusqlite::Connection::open_with_flags(&tmp, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| BackupError::Damaged(e.to_string()))?;
-        keys::apply(&conn, &snap_key, &tmp).map_err(|e| BackupError::Damaged(e.to_string()))?;
+        keys::apply(&conn, &tmp_key, &tmp).map_err(|e| BackupError::Damaged(e.to_string()))?;
         let integrity: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .map_err(|e| BackupError::Damaged(e.to_string()))?;
@@ -543,7 +719,9 @@ pub fn verify_with_progress(
             sales,
         })
     })();
-    let _ = std::fs::remove_file(&tmp);
+    for f in [tmp.clone(), tmp.with_extension("db-wal"), tmp.with_extension("db-shm")] {
+        let _ = std::fs::remove_file(f);
+    }
     r
 }
 
@@ -579,17 +757,12 @@ pub fn restore_files(
     }
     let m = pick(dest, id)?;
     std::fs::create_dir_all(into).map_err(io("cannot create the folder"))?;
-    // The snapshot is unpacked beside the till (still encrypted with its
-    // own key) and copied under the till's new key.
-    let tmp = into.join(format!(".{}.restore.db", m.backup_id));
-    let _ = std::fs::remove_file(&tmp);
+    // The pages are written straight into the new till under its new key.
     let r = (|| {
-        let snap_key = extract(dest, &m, unlock, &tmp, progress)?;
         let key = keys::provision(into, spec)?;
-        keys::export(&tmp, &snap_key, &into.join(tillsync_store::DB_FILE), &key)?;
+        extract(dest, &m, unlock, &into.join(tillsync_store::DB_FILE), &key, progress)?;
         Ok(m)
     })();
-    let _ = std::fs::remove_file(&tmp);
     if r.is_err() {
         for f in keys::key_files(into) {
             let _ = std::fs::remove_file(f);

@@ -643,7 +643,23 @@ fn nothing_leaks_from_an_end_to_end_run() {
         let dest = tillsync_backup::Folder { dir: dir.clone() };
         for m in tillsync_backup::Destination::list(&dest).unwrap() {
             let out = work.join(format!("{}.db", m.backup_id));
-            let key = tillsync_backup::extract(&dest, &m, &unlock, &out, |_, _| {}).expect("decrypt the backup");
+            // The decrypted stream itself (every page as SQLite sees it),
+            // then the database restored from it, opened with its key.
+            let stream = {
+                let object = tillsync_backup::Destination::open(&dest, &m.backup_id).unwrap();
+                let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(age::scrypt::Identity::new(
+                    age::secrecy::SecretString::from(TEST_PASSPHRASE.to_string()),
+                ))];
+                let mut plain = tillsync_backup::open_object(object, &ids).expect("decrypt the backup");
+                let mut bytes = vec![];
+                std::io::Read::read_to_end(&mut plain, &mut bytes).expect("read the stream");
+                bytes
+            };
+            assert!(stream.starts_with(tillsync_backup::pages::TAG), "a page stream");
+            assert!(find(&stream, b"Cheddar and chive scone").is_some(), "the stream is readable plaintext");
+            sc.scan(&format!("backup {} (decrypted stream)", m.backup_id), &stream);
+            let key = tillsync_store::keys::DbKey::random().unwrap();
+            tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).expect("restore the backup");
             sc.scan_file(&out);
             let conn = rusqlite::Connection::open(&out).unwrap();
             tillsync_store::keys::apply(&conn, &key, &out).expect("the snapshot opens with its key");
