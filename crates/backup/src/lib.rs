@@ -38,6 +38,9 @@ const BUF_LEN: usize = 256 * 1024;
 const ZSTD_LEVEL: i32 = 3;
 /// zstd worker threads: compression runs beside hashing and encryption.
 const ZSTD_WORKERS: u32 = 2;
+/// Batches of about `BUF_LEN` bytes in flight between a backup's reading
+/// and writing threads.
+const PIPE_BATCHES: usize = 8;
 
 /// Errors of backups, said so that they can be acted on.
 #[derive(Debug, thiserror::Error)]
@@ -384,62 +387,94 @@ pub fn create(
             .query_row("SELECT count(*) FROM sqlite_dbpage", [], |r| r.get(0))
             .map_err(sql("cannot read the database's pages"))?;
         let out = std::fs::File::create(&obj).map_err(io("cannot write the object"))?;
-        let mut stored = Tee {
-            inner: BufWriter::with_capacity(BUF_LEN, Paced { file: out, unsynced: 0 }),
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        let (plain_bytes, plain_hash) = {
-            let enc = encryptor(key)?.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
-            let mut z = zstd::stream::Encoder::new(enc, ZSTD_LEVEL).map_err(io("cannot compress"))?;
-            z.multithread(ZSTD_WORKERS).map_err(io("cannot compress"))?;
-            let mut plain = Tee { inner: z, hasher: Sha256::new(), bytes: 0 };
-            let mut st = conn
-                .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
-                .map_err(sql("cannot read the database's pages"))?;
-            let mut rows = st.query([]).map_err(sql("cannot read the database's pages"))?;
-            let (mut header, mut reserve, mut seen) = (None::<pages::Header>, 0u8, 0u64);
-            while let Some(row) = rows.next().map_err(sql("cannot read a page"))? {
-                let pgno: i64 = row.get(0).map_err(sql("cannot read a page"))?;
-                let mut page: Vec<u8> = row.get(1).map_err(sql("cannot read a page"))?;
-                seen += 1;
-                if pgno as u64 != seen {
-                    return Err(BackupError::Io(format!("page {pgno} came where page {seen} was expected")));
-                }
-                let h = match header {
-                    Some(h) => h,
-                    None => {
-                        let h = pages::Header { page_len: page.len() as u32, page_count: page_count as u64 };
-                        reserve = pages::reserve_len(&page);
-                        plain.write_all(&h.encode()).map_err(io("cannot compress"))?;
-                        header = Some(h);
-                        h
-                    }
+        let encryptor = encryptor(key)?;
+        // Two threads: this one reads (and SQLCipher decrypts) the pages;
+        // the other hashes, compresses (zstd adds its workers), encrypts
+        // and writes them. Batches of about `BUF_LEN` bytes pass between
+        // them through a bounded channel, so memory stays flat.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BATCHES);
+        let (read, written) = std::thread::scope(|s| {
+            let writer = s.spawn(move || -> Result<(u64, String, u64, String), BackupError> {
+                let mut stored = Tee {
+                    inner: BufWriter::with_capacity(BUF_LEN, Paced { file: out, unsynced: 0 }),
+                    hasher: Sha256::new(),
+                    bytes: 0,
                 };
-                if page.len() != h.page_len as usize {
-                    return Err(BackupError::Io(format!("page {pgno} has {} bytes, not {}", page.len(), h.page_len)));
+                let (bytes, hash) = {
+                    let enc = encryptor.wrap_output(&mut stored).map_err(io("cannot encrypt"))?;
+                    let mut z = zstd::stream::Encoder::new(enc, ZSTD_LEVEL).map_err(io("cannot compress"))?;
+                    z.multithread(ZSTD_WORKERS).map_err(io("cannot compress"))?;
+                    let mut plain = Tee { inner: z, hasher: Sha256::new(), bytes: 0 };
+                    for batch in rx {
+                        plain.write_all(&batch).map_err(io("cannot compress"))?;
+                    }
+                    let (bytes, hash) = (plain.bytes, hex(&plain.hasher.finalize()));
+                    let enc = plain.inner.finish().map_err(io("cannot compress"))?;
+                    enc.finish().map_err(io("cannot encrypt"))?;
+                    (bytes, hash)
+                };
+                stored.flush().map_err(io("cannot write the object"))?;
+                Ok((bytes, hash, stored.bytes, hex(&stored.hasher.finalize())))
+            });
+            let read = (|| -> Result<(), BackupError> {
+                let stopped = |_| BackupError::Io("the backup's writer stopped".into());
+                let mut st = conn
+                    .prepare("SELECT pgno, data FROM sqlite_dbpage ORDER BY pgno")
+                    .map_err(sql("cannot read the database's pages"))?;
+                let mut rows = st.query([]).map_err(sql("cannot read the database's pages"))?;
+                let (mut header, mut reserve, mut seen) = (None::<pages::Header>, 0u8, 0u64);
+                let mut batch = Vec::with_capacity(BUF_LEN + pages::HEADER_LEN);
+                let mut done = 0u64;
+                while let Some(row) = rows.next().map_err(sql("cannot read a page"))? {
+                    let pgno: i64 = row.get(0).map_err(sql("cannot read a page"))?;
+                    let mut page: Vec<u8> = row.get(1).map_err(sql("cannot read a page"))?;
+                    seen += 1;
+                    if pgno as u64 != seen {
+                        return Err(BackupError::Io(format!("page {pgno} came where page {seen} was expected")));
+                    }
+                    let h = match header {
+                        Some(h) => h,
+                        None => {
+                            let h = pages::Header { page_len: page.len() as u32, page_count: page_count as u64 };
+                            reserve = pages::reserve_len(&page);
+                            batch.extend_from_slice(&h.encode());
+                            header = Some(h);
+                            h
+                        }
+                    };
+                    if page.len() != h.page_len as usize {
+                        return Err(BackupError::Io(format!(
+                            "page {pgno} has {} bytes, not {}",
+                            page.len(),
+                            h.page_len
+                        )));
+                    }
+                    let secret = if meta_pages.contains(&pgno) { token.as_bytes() } else { b"" };
+                    pages::scrub(&mut page, reserve, secret);
+                    batch.extend_from_slice(&page);
+                    if batch.len() >= BUF_LEN || seen == h.page_count {
+                        done += batch.len() as u64;
+                        tx.send(std::mem::replace(&mut batch, Vec::with_capacity(BUF_LEN))).map_err(stopped)?;
+                        progress(done, h.stream_len());
+                    }
                 }
-                let secret = if meta_pages.contains(&pgno) { token.as_bytes() } else { b"" };
-                pages::scrub(&mut page, reserve, secret);
-                plain.write_all(&page).map_err(io("cannot compress"))?;
-                if seen % 256 == 0 || seen == h.page_count {
-                    progress(plain.bytes, h.stream_len());
+                if header.is_none() || seen != page_count as u64 {
+                    return Err(BackupError::Io(format!("read {seen} pages of {page_count}")));
                 }
-            }
-            if header.is_none() || seen != page_count as u64 {
-                return Err(BackupError::Io(format!("read {seen} pages of {page_count}")));
-            }
-            let (bytes, hash) = (plain.bytes, hex(&plain.hasher.finalize()));
-            let enc = plain.inner.finish().map_err(io("cannot compress"))?;
-            enc.finish().map_err(io("cannot encrypt"))?;
-            (bytes, hash)
-        };
-        stored.flush().map_err(io("cannot write the object"))?;
+                Ok(())
+            })();
+            // The writer finishes once the channel is closed.
+            drop(tx);
+            (read, writer.join().unwrap_or_else(|_| Err(BackupError::Io("the backup's writer failed".into()))))
+        });
+        // A writer's error explains a reader's "writer stopped".
+        let (plain_bytes, plain_hash, stored_bytes, stored_hash) = written?;
+        read?;
         let mut m = manifest_base.clone();
         m.plaintext_bytes = plain_bytes;
         m.plaintext_sha256 = plain_hash;
-        m.stored_bytes = stored.bytes;
-        m.stored_sha256 = hex(&stored.hasher.finalize());
+        m.stored_bytes = stored_bytes;
+        m.stored_sha256 = stored_hash;
         // The read transaction ends before the upload: the till's WAL can
         // be checkpointed past it while the object travels.
         let _ = conn.execute_batch("COMMIT");
@@ -582,36 +617,81 @@ fn write_pages(
         Err(pages::PageError::ReserveTooSmall(_)) => (side, &DbKey::Plaintext),
         Err(e) => return Err(BackupError::Damaged(e.to_string())),
     };
-    let fail = sql("cannot write the restored database");
-    let conn = rusqlite::Connection::open(target).map_err(&fail)?;
-    if !matches!(target_key, DbKey::Plaintext) {
-        conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
-        conn.pragma_update(None, "key", target_key.sql_value()).map_err(&fail)?;
-        conn.pragma_update(None, "cipher_page_size", h.page_len).map_err(&fail)?;
-    } else {
-        conn.pragma_update(None, "page_size", h.page_len).map_err(&fail)?;
-    }
-    // No journal and no syncs while the pages go in: the file is new and
-    // is removed if anything fails; it is synced once at the end.
-    conn.pragma_update(None, "journal_mode", "OFF").map_err(&fail)?;
-    conn.pragma_update(None, "synchronous", "OFF").map_err(&fail)?;
-    conn.execute_batch("BEGIN").map_err(&fail)?;
-    {
-        let mut st = conn.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)").map_err(&fail)?;
-        let mut done = pages::HEADER_LEN as u64;
-        for pgno in 1..=h.page_count {
-            if pgno > 1 {
-                plain.read_exact(&mut page).map_err(cut_short)?;
+    // Two threads: this one decrypts, decompresses and hashes the stream;
+    // the other writes the pages (and SQLCipher encrypts them). Batches of
+    // whole pages, about `BUF_LEN` bytes each, pass through a bounded
+    // channel.
+    let page_len = h.page_len as usize;
+    let batch_len = page_len * (BUF_LEN / page_len).max(1);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BATCHES);
+    let (read, written) = std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(), BackupError> {
+            let fail = sql("cannot write the restored database");
+            let conn = rusqlite::Connection::open(target).map_err(&fail)?;
+            if !matches!(target_key, DbKey::Plaintext) {
+                conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
+                conn.pragma_update(None, "key", target_key.sql_value()).map_err(&fail)?;
+                conn.pragma_update(None, "cipher_page_size", h.page_len).map_err(&fail)?;
+            } else {
+                conn.pragma_update(None, "page_size", h.page_len).map_err(&fail)?;
             }
-            st.execute(rusqlite::params![pgno as i64, &page]).map_err(&fail)?;
-            done += u64::from(h.page_len);
-            if pgno % 256 == 0 || pgno == h.page_count {
-                progress(done, total);
+            // No journal and no syncs while the pages go in: the file is
+            // new and is removed if anything fails; it is synced once at
+            // the end.
+            conn.pragma_update(None, "journal_mode", "OFF").map_err(&fail)?;
+            conn.pragma_update(None, "synchronous", "OFF").map_err(&fail)?;
+            conn.execute_batch("BEGIN").map_err(&fail)?;
+            let mut pgno = 0u64;
+            {
+                let mut st = conn.prepare("INSERT INTO sqlite_dbpage(pgno, data) VALUES (?1, ?2)").map_err(&fail)?;
+                for batch in rx {
+                    for page in batch.chunks(page_len) {
+                        pgno += 1;
+                        // The page holding the byte at 1 GiB is SQLite's lock
+                        // page: never used, never written (the pager refuses
+                        // it as corrupt).
+                        if pgno != pages::lock_page(h.page_len) {
+                            st.execute(rusqlite::params![pgno as i64, page]).map_err(&fail)?;
+                        }
+                    }
+                }
             }
-        }
+            if pgno != h.page_count {
+                // The reader stopped early: nothing is committed.
+                return Err(BackupError::Damaged(format!("{pgno} of {} pages arrived", h.page_count)));
+            }
+            conn.execute_batch("COMMIT").map_err(&fail)?;
+            Ok(())
+        });
+        let read = (|| -> Result<(), BackupError> {
+            let stopped = |_| BackupError::Io("the restore's writer stopped".into());
+            let mut batch = Vec::with_capacity(batch_len);
+            batch.extend_from_slice(&page);
+            let mut done = pages::HEADER_LEN as u64;
+            for pgno in 2..=h.page_count + 1 {
+                if batch.len() >= batch_len || pgno > h.page_count {
+                    done += batch.len() as u64;
+                    tx.send(std::mem::replace(&mut batch, Vec::with_capacity(batch_len))).map_err(stopped)?;
+                    progress(done, total);
+                }
+                if pgno <= h.page_count {
+                    let at = batch.len();
+                    batch.resize(at + page_len, 0);
+                    plain.read_exact(&mut batch[at..]).map_err(cut_short)?;
+                }
+            }
+            Ok(())
+        })();
+        drop(tx);
+        (read, writer.join().unwrap_or_else(|_| Err(BackupError::Io("the restore's writer failed".into()))))
+    });
+    // A damaged stream explains the writer's missing pages; a writer's
+    // error explains a reader's "writer stopped".
+    match (read, written) {
+        (Ok(()), w) => w?,
+        (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => return Err(w),
+        (Err(r), _) => return Err(r),
     }
-    conn.execute_batch("COMMIT").map_err(&fail)?;
-    drop(conn);
     std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(io("cannot sync the restored database"))?;
     if target == side {
         keys::export(side, &DbKey::Plaintext, out, key)?;

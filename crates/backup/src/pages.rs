@@ -66,6 +66,13 @@ impl Header {
     }
 }
 
+/// The page that holds the byte at offset 1 GiB, which SQLite keeps free
+/// for its file locks (it is in the stream, as zeros, but never written
+/// back).
+pub fn lock_page(page_len: u32) -> u64 {
+    (1u64 << 30) / u64::from(page_len) + 1
+}
+
 /// The reserved bytes per page that page 1 declares.
 pub fn reserve_len(page1: &[u8]) -> u8 {
     page1.get(RESERVE_OFFSET).copied().unwrap_or(0)
@@ -172,6 +179,13 @@ mod tests {
         let mut q = vec![b'x'; 512];
         scrub(&mut q, 0, b"xx");
         assert!(q.iter().all(|&b| b == b'x'));
+    }
+
+    #[test]
+    fn the_lock_page_is_the_one_at_one_gibibyte() {
+        assert_eq!(lock_page(4096), 262_145);
+        assert_eq!(lock_page(65536), 16_385);
+        assert_eq!(lock_page(512), 2_097_153);
     }
 
     #[test]
