@@ -675,9 +675,8 @@ fn write_pages(
                     progress(done, total);
                 }
                 if pgno <= h.page_count {
-                    let at = batch.len();
-                    batch.resize(at + page_len, 0);
-                    plain.read_exact(&mut batch[at..]).map_err(cut_short)?;
+                    plain.read_exact(&mut page).map_err(cut_short)?;
+                    batch.extend_from_slice(&page);
                 }
             }
             Ok(())
