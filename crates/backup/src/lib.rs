@@ -626,15 +626,14 @@ fn write_pages(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BATCHES);
     let (read, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BackupError> {
+            if matches!(target_key, DbKey::Plaintext) {
+                return write_plain_file(rx, h, target);
+            }
             let fail = sql("cannot write the restored database");
             let conn = rusqlite::Connection::open(target).map_err(&fail)?;
-            if !matches!(target_key, DbKey::Plaintext) {
-                conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
-                conn.pragma_update(None, "key", target_key.sql_value()).map_err(&fail)?;
-                conn.pragma_update(None, "cipher_page_size", h.page_len).map_err(&fail)?;
-            } else {
-                conn.pragma_update(None, "page_size", h.page_len).map_err(&fail)?;
-            }
+            conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
+            conn.pragma_update(None, "key", target_key.sql_value()).map_err(&fail)?;
+            conn.pragma_update(None, "cipher_page_size", h.page_len).map_err(&fail)?;
             // No journal and no syncs while the pages go in: the file is
             // new and is removed if anything fails; it is synced once at
             // the end.
@@ -696,6 +695,32 @@ fn write_pages(
         keys::export(side, &DbKey::Plaintext, out, key)?;
         let _ = std::fs::remove_file(side);
     }
+    Ok(())
+}
+
+/// Writes the pages arriving on `rx` as a plaintext database file: a
+/// plaintext database is its pages end to end, so no SQLite is needed (the
+/// lock page goes in as the zeros it was read as, as SQLite leaves it).
+fn write_plain_file(
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    h: &pages::Header,
+    target: &Path,
+) -> Result<(), BackupError> {
+    let f = std::fs::File::create(target).map_err(io("cannot write the restored database"))?;
+    let mut w = BufWriter::with_capacity(BUF_LEN, f);
+    let mut bytes = 0u64;
+    for batch in rx {
+        w.write_all(&batch).map_err(io("cannot write the restored database"))?;
+        bytes += batch.len() as u64;
+    }
+    if bytes != h.stream_len() - pages::HEADER_LEN as u64 {
+        return Err(BackupError::Damaged(format!(
+            "{} of {} pages arrived",
+            bytes / u64::from(h.page_len),
+            h.page_count
+        )));
+    }
+    w.flush().map_err(io("cannot write the restored database"))?;
     Ok(())
 }
 

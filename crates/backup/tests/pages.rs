@@ -244,11 +244,13 @@ fn damaged_page_streams_fail_and_leave_nothing() {
     ];
     for (i, (what, stream, says)) in cases.into_iter().enumerate() {
         let m = publish_stream(&dest, &work, &stream, &format!("9-case{i}"));
-        let out = tmp.path().join(format!("case{i}.db"));
-        let e = tillsync_backup::extract(&dest, &m, &unlock, &out, &DbKey::random().unwrap(), |_, _| {})
-            .expect_err(what)
-            .to_string();
-        assert!(e.contains("damaged") && e.contains(says), "{what}: {e}");
-        assert!(!out.exists() && !out.with_extension("unpacked").exists(), "{what}: nothing left behind");
+        // Into an encrypted database (through SQLCipher) and into a
+        // plaintext one (written as a file).
+        for key in [DbKey::random().unwrap(), DbKey::Plaintext] {
+            let out = tmp.path().join(format!("case{i}-{}.db", key.mode()));
+            let e = tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).expect_err(what).to_string();
+            assert!(e.contains("damaged") && e.contains(says), "{what} ({}): {e}", key.mode());
+            assert!(!out.exists() && !out.with_extension("unpacked").exists(), "{what}: nothing left behind");
+        }
     }
 }
