@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod limits;
 pub mod pg;
+pub mod seen;
 pub mod sqlite;
 pub mod storage;
 

@@ -6,6 +6,7 @@
 //! parallel.
 
 use crate::HubError;
+use crate::seen::{SeenAt, SeenLog};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -127,6 +128,8 @@ pub struct SqliteHub {
     tenants: Mutex<HashMap<Uuid, Arc<Mutex<Store>>>>,
     ids: Mutex<IdGen>,
     schema: Schema,
+    /// Devices' last contact, written to `hub.db` off the push path.
+    seen: SeenLog,
 }
 
 impl std::fmt::Debug for SqliteHub {
@@ -170,18 +173,48 @@ impl LaneLog for SeqLog<'_> {
 
 impl SqliteHub {
     /// Opens (or creates) a hub data folder. `ids` seeds tokens and ids.
+    /// Devices' last-seen times are written every
+    /// [`SEEN_FLUSH_INTERVAL_MS`](crate::seen::SEEN_FLUSH_INTERVAL_MS).
     pub fn open(dir: &Path, ids: IdGen) -> Result<SqliteHub, HubError> {
+        Self::open_with_seen_flush(dir, ids, Some(crate::seen::SEEN_FLUSH_INTERVAL_MS))
+    }
+
+    /// As [`SqliteHub::open`], writing last-seen times every
+    /// `interval_ms`, or (`None`) only at [`HubStorage::flush_seen`] and
+    /// when the hub is dropped: the simulation, whose hub must not write on
+    /// a wall-clock timer while it copies the folder.
+    pub fn open_with_seen_flush(dir: &Path, ids: IdGen, interval_ms: Option<u64>) -> Result<SqliteHub, HubError> {
         std::fs::create_dir_all(dir.join("tenants"))
             .map_err(|e| HubError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let control = open_conn(&dir.join("hub.db"))?;
         control.execute_batch(CONTROL_SQL)?;
         upgrade_control(&control)?;
+        // Its own connection, so writing the times never takes the control
+        // mutex; not synced per commit (a crash may lose a few seconds of
+        // them anyway), the next synced commit or checkpoint carries them.
+        let seen_conn = open_conn(&dir.join("hub.db"))?;
+        seen_conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let writer: crate::seen::SeenWriter = Box::new(move |batch| {
+            let tx = seen_conn.unchecked_transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3
+                     WHERE id = ?1 AND (last_seen_ms IS NULL OR last_seen_ms <= ?2)",
+                )?;
+                for (device, at) in batch {
+                    st.execute(params![device.to_string(), at.last_seen_ms as i64, at.skew_ms])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        });
         Ok(SqliteHub {
             dir: dir.to_path_buf(),
             control: Mutex::new(control),
             tenants: Mutex::new(HashMap::new()),
             ids: Mutex::new(ids),
             schema: Schema::standard(),
+            seen: SeenLog::start(writer, interval_ms),
         })
     }
 
@@ -874,11 +907,9 @@ impl HubStorage for SqliteHub {
                 .execute("UPDATE devices SET status = 'forked' WHERE id = ?1 AND status = 'active'", [&device])?;
             tracing::warn!(device = device.as_str(), "device folder copied: device stopped");
         }
+        // Off the durable path: kept in memory, written every few seconds.
         let skew = req.device_time_ms as i64 - now_ms as i64;
-        self.control.lock().expect("control").execute(
-            "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3 WHERE id = ?1",
-            params![device, now_ms as i64, skew],
-        )?;
+        self.seen.note(dev.device_id, SeenAt { tenant: dev.tenant_id, last_seen_ms: now_ms, skew_ms: skew });
         Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc, skew_ms: skew }, notices))
     }
 
@@ -1008,7 +1039,14 @@ impl HubStorage for SqliteHub {
                 skew_ms: skew,
             });
         }
+        drop(st);
+        drop(c);
+        self.seen.overlay(tenant, &mut out);
         Ok(out)
+    }
+
+    fn flush_seen(&self) -> Result<(), HubError> {
+        self.seen.flush()
     }
 
     fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {

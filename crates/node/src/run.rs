@@ -190,7 +190,6 @@ pub async fn run(
         on_round(trigger, &r);
     }
     let _ = store.set_meta("node_running", "0");
-    let _ = store.set_meta("sync_running", "0");
     sse.abort();
     probe.abort();
 }
