@@ -6,6 +6,7 @@
 //! parallel.
 
 use crate::HubError;
+use crate::checkpoint::Checkpointer;
 use crate::seen::{SeenAt, SeenLog};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -130,6 +131,34 @@ pub struct SqliteHub {
     schema: Schema,
     /// Devices' last contact, written to `hub.db` off the push path.
     seen: SeenLog,
+    /// Tenant WAL checkpoints off the push path (`None`: inside COMMIT).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// A SQLite hub's background work on wall-clock timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteTimers {
+    /// How often devices' last-seen times are written; `None`: only at
+    /// [`HubStorage::flush_seen`] and when the hub is dropped.
+    pub seen_flush_ms: Option<u64>,
+    /// How often tenant WALs are checkpointed by a thread of their own;
+    /// `None`: inside the COMMIT that fills the WAL (SQLite's default).
+    pub checkpoint_ms: Option<u64>,
+}
+
+impl Default for SqliteTimers {
+    fn default() -> Self {
+        SqliteTimers {
+            seen_flush_ms: Some(crate::seen::SEEN_FLUSH_INTERVAL_MS),
+            checkpoint_ms: Some(crate::checkpoint::CHECKPOINT_INTERVAL_MS),
+        }
+    }
+}
+
+impl SqliteTimers {
+    /// No timers: the simulation, whose hub must not write on a wall-clock
+    /// timer while it copies the folder.
+    pub const NONE: SqliteTimers = SqliteTimers { seen_flush_ms: None, checkpoint_ms: None };
 }
 
 impl std::fmt::Debug for SqliteHub {
@@ -173,17 +202,14 @@ impl LaneLog for SeqLog<'_> {
 
 impl SqliteHub {
     /// Opens (or creates) a hub data folder. `ids` seeds tokens and ids.
-    /// Devices' last-seen times are written every
-    /// [`SEEN_FLUSH_INTERVAL_MS`](crate::seen::SEEN_FLUSH_INTERVAL_MS).
+    /// Devices' last-seen times and tenant WAL checkpoints run on the
+    /// default timers ([`SqliteTimers::default`]).
     pub fn open(dir: &Path, ids: IdGen) -> Result<SqliteHub, HubError> {
-        Self::open_with_seen_flush(dir, ids, Some(crate::seen::SEEN_FLUSH_INTERVAL_MS))
+        Self::open_with(dir, ids, SqliteTimers::default())
     }
 
-    /// As [`SqliteHub::open`], writing last-seen times every
-    /// `interval_ms`, or (`None`) only at [`HubStorage::flush_seen`] and
-    /// when the hub is dropped: the simulation, whose hub must not write on
-    /// a wall-clock timer while it copies the folder.
-    pub fn open_with_seen_flush(dir: &Path, ids: IdGen, interval_ms: Option<u64>) -> Result<SqliteHub, HubError> {
+    /// As [`SqliteHub::open`], with these timers.
+    pub fn open_with(dir: &Path, ids: IdGen, timers: SqliteTimers) -> Result<SqliteHub, HubError> {
         std::fs::create_dir_all(dir.join("tenants"))
             .map_err(|e| HubError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let control = open_conn(&dir.join("hub.db"))?;
@@ -214,7 +240,8 @@ impl SqliteHub {
             tenants: Mutex::new(HashMap::new()),
             ids: Mutex::new(ids),
             schema: Schema::standard(),
-            seen: SeenLog::start(writer, interval_ms),
+            seen: SeenLog::start(writer, timers.seen_flush_ms),
+            checkpointer: timers.checkpoint_ms.map(Checkpointer::start),
         })
     }
 
@@ -268,6 +295,10 @@ impl SqliteHub {
             Store::create(&dir, identity, self.schema.clone(), seed)?
         };
         store.connection().execute_batch(TENANT_SQL)?;
+        if let Some(c) = &self.checkpointer {
+            store.set_wal_autocheckpoint_pages(crate::checkpoint::TENANT_WAL_AUTOCHECKPOINT_PAGES)?;
+            c.watch(dir.join(tillsync_store::DB_FILE));
+        }
         // Tenant files made before the log chain existed get its column.
         let has_chain: bool = store
             .connection()

@@ -70,7 +70,7 @@ use tillsync_core::merge::Policy;
 use tillsync_core::schema::tables;
 use tillsync_core::wire::{PullResponse, PushRequest, PushResponse, Snapshot, WireChange};
 use tillsync_core::{Change, ConflictStatus, Hlc, IdGen, Lane, Op, Schema, derived_id};
-use tillsync_hub::{DeviceAuth, HubError, HubStorage, SqliteHub};
+use tillsync_hub::{DeviceAuth, HubError, HubStorage, SqliteHub, SqliteTimers};
 use tillsync_store::{Identity, ProductFields, SaleRequest, Store, StoreError};
 use uuid::Uuid;
 
@@ -344,7 +344,7 @@ impl HubTemplate {
         let dir = scratch_dir().ctx("scratch folder")?;
         let path = dir.path().join("hub");
         let hub =
-            SqliteHub::open_with_seen_flush(&path, IdGen::from_u64(0x7e3a_71a7e), None).ctx("open template hub")?;
+            SqliteHub::open_with(&path, IdGen::from_u64(0x7e3a_71a7e), SqliteTimers::NONE).ctx("open template hub")?;
         let (tenant, _) = hub.create_tenant("sim", true, T0).ctx("create tenant")?;
         let store = hub.create_store(tenant, "sim store", T0 + 1).ctx("create store")?;
         let (seed_ops, cursor) = pull_all(&hub, &observer_auth(tenant, store), 0, T0 + 2)?;
@@ -602,7 +602,7 @@ impl Sim {
         let faults = cfg.faults.clone();
         let hub_dir = root.join("hub");
         copy_dir(&template.path, &hub_dir)?;
-        let hub = SqliteHub::open_with_seen_flush(&hub_dir, IdGen::from_u64(rng.u64()), None).ctx("open hub")?;
+        let hub = SqliteHub::open_with(&hub_dir, IdGen::from_u64(rng.u64()), SqliteTimers::NONE).ctx("open hub")?;
         let level = rng.below(4);
         let net = |lost, other| Net { lost, answer_lost: lost, duplicate: other, delayed: other, late: other };
         let mut netp = match level {
@@ -1052,7 +1052,8 @@ impl Sim {
 
     fn reopen_hub(&mut self) -> R<()> {
         self.hub = Some(
-            SqliteHub::open_with_seen_flush(&self.hub_dir, IdGen::from_u64(self.rng.u64()), None).ctx("reopen hub")?,
+            SqliteHub::open_with(&self.hub_dir, IdGen::from_u64(self.rng.u64()), SqliteTimers::NONE)
+                .ctx("reopen hub")?,
         );
         Ok(())
     }
