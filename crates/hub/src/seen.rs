@@ -64,15 +64,10 @@ impl SeenLog {
                 let t = std::thread::Builder::new()
                     .name("hub-seen-flush".into())
                     .spawn(move || {
-                        loop {
-                            match rx.recv_timeout(Duration::from_millis(ms)) {
-                                Err(RecvTimeoutError::Timeout) => {
-                                    if let Err(e) = flush(&p, &w) {
-                                        tracing::warn!(error = %e, "cannot write the devices' last-seen times");
-                                    }
-                                }
-                                // Stopped: the last write is the dropper's.
-                                _ => break,
+                        // Until stopped; the last write is then the dropper's.
+                        while let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(Duration::from_millis(ms)) {
+                            if let Err(e) = flush(&p, &w) {
+                                tracing::warn!(error = %e, "cannot write the devices' last-seen times");
                             }
                         }
                     })
