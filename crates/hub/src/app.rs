@@ -493,9 +493,20 @@ async fn push(
     JsonBody(req): JsonBody<PushRequest>,
 ) -> Result<Response, HubError> {
     let storage = st.storage.clone();
+    let events = st.events.clone();
     let started = std::time::Instant::now();
     let n = req.changes.len() as u64;
-    let r = blocking(move || storage.push(&dev, &req, now_ms())).await;
+    // The live event goes out as soon as the tenant's commit returns, from
+    // the blocking thread, before this task is woken to answer: the other
+    // tills start pulling while the pusher gets its acknowledgement.
+    let r = blocking(move || {
+        let r = storage.push(&dev, &req, now_ms());
+        if let Ok((_, notices)) = &r {
+            events.publish(notices);
+        }
+        r
+    })
+    .await;
     use std::sync::atomic::Ordering::Relaxed;
     st.metrics.pushes.fetch_add(1, Relaxed);
     st.metrics.changes_pushed.fetch_add(n, Relaxed);
@@ -503,8 +514,7 @@ async fn push(
     if r.is_err() {
         st.metrics.errors.fetch_add(1, Relaxed);
     }
-    let (resp, notices) = r?;
-    st.events.publish(&notices);
+    let (resp, _notices) = r?;
     Ok(Json(resp).into_response())
 }
 

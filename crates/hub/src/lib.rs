@@ -6,10 +6,12 @@
 
 pub mod app;
 pub mod backups;
+pub mod checkpoint;
 pub mod error;
 pub mod export;
 pub mod limits;
 pub mod pg;
+pub mod seen;
 pub mod sqlite;
 pub mod storage;
 
@@ -19,5 +21,5 @@ pub use error::HubError;
 pub use export::Exported;
 pub use limits::{RateKey, RateLimiter, RateOptions};
 pub use pg::{PgHub, PgOptions};
-pub use sqlite::SqliteHub;
+pub use sqlite::{SqliteHub, SqliteTimers};
 pub use storage::{Caller, DeviceAuth, HubStorage, Notice};

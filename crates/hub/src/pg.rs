@@ -19,6 +19,7 @@
 //! other processes committed into its own event streams.
 
 use crate::HubError;
+use crate::seen::{SeenAt, SeenLog};
 use crate::sqlite::{
     ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, other_origins, sha, split_scope,
     token_match, validate,
@@ -207,6 +208,9 @@ pub struct PgHub {
     merged: Mutex<HashMap<Uuid, Arc<Mutex<Merged>>>>,
     stop: Arc<AtomicBool>,
     before_commit: Mutex<Option<Hook>>,
+    /// Devices' last contact, written off the push transaction. `Option`
+    /// only so that `Drop` can write the last of it off the async threads.
+    seen: Option<SeenLog>,
 }
 
 impl std::fmt::Debug for PgHub {
@@ -394,7 +398,29 @@ impl PgHub {
         })?;
         let mut ids = ids;
         let instance = ids.new_v7(0);
+        // Seen times of this process's pushes, written in one unsynced
+        // transaction every few seconds: a crash may lose a few seconds of
+        // them, never a change. The newest time wins across processes.
+        let seen_pool = pool.clone();
+        let writer: crate::seen::SeenWriter = Box::new(move |batch| {
+            let mut c = seen_pool.get()?;
+            let mut tx = c.transaction()?;
+            tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+            let tenants: Vec<Uuid> = batch.iter().map(|(_, a)| a.tenant).collect();
+            let devices: Vec<Uuid> = batch.iter().map(|(d, _)| *d).collect();
+            let seen: Vec<i64> = batch.iter().map(|(_, a)| a.last_seen_ms as i64).collect();
+            let skews: Vec<i64> = batch.iter().map(|(_, a)| a.skew_ms).collect();
+            tx.execute(
+                "UPDATE devices AS d SET last_seen_ms = u.seen, skew_ms = u.skew
+                 FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::bigint[]) AS u(tenant, id, seen, skew)
+                 WHERE d.tenant_id = u.tenant AND d.id = u.id AND (d.last_seen_ms IS NULL OR d.last_seen_ms <= u.seen)",
+                &[&tenants, &devices, &seen, &skews],
+            )?;
+            tx.commit()?;
+            Ok(())
+        });
         let hub = PgHub {
+            seen: Some(SeenLog::start(writer, Some(crate::seen::SEEN_FLUSH_INTERVAL_MS))),
             pool: Some(pool),
             config,
             instance,
@@ -410,6 +436,10 @@ impl PgHub {
 
     fn pool(&self) -> &Pool {
         self.pool.as_ref().expect("the pool lives as long as the hub")
+    }
+
+    fn seen(&self) -> &SeenLog {
+        self.seen.as_ref().expect("the seen log lives as long as the hub")
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>, HubError> {
@@ -887,10 +917,6 @@ impl PgHub {
             tracing::warn!(device = %dev.device_id, "device folder copied: device stopped");
         }
         let skew = req.device_time_ms as i64 - now_ms as i64;
-        tx.execute(
-            "UPDATE devices SET last_seen_ms = $3, skew_ms = $4 WHERE tenant_id = $1 AND id = $2",
-            &[&tenant, &dev.device_id, &(now_ms as i64), &skew],
-        )?;
         notify(&mut tx, self.instance, &notices)?;
         let hook = self.before_commit.lock().expect("hook").clone();
         if let Some(h) = hook {
@@ -898,6 +924,8 @@ impl PgHub {
         }
         // Acknowledged only once this returns: the changes are durable.
         tx.commit()?;
+        // Off the transaction: kept in memory, written every few seconds.
+        self.seen().note(dev.device_id, SeenAt { tenant, last_seen_ms: now_ms, skew_ms: skew });
         Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc: hlc, skew_ms: skew }, notices))
     }
 
@@ -1014,6 +1042,9 @@ fn wire_to_ops(wire: &[WireOp]) -> Result<Vec<Op>, HubError> {
 impl Drop for PgHub {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // The last seen times are written with a blocking client: off the async threads.
+        let seen = self.seen.take();
+        off_runtime(move || drop(seen));
         // Closing a connection blocks on its own runtime: off the async threads.
         let pool = self.pool.take();
         off_runtime(move || drop(pool));
@@ -1360,8 +1391,16 @@ impl HubStorage for PgHub {
                     last_seen_ms: r.get::<_, Option<i64>>(6).map(|s| s as u64),
                     skew_ms: r.get(7),
                 })
-                .collect())
+                .collect::<Vec<_>>())
         })
+        .map(|mut out| {
+            self.seen().overlay(tenant, &mut out);
+            out
+        })
+    }
+
+    fn flush_seen(&self) -> Result<(), HubError> {
+        off_runtime(|| self.seen().flush())
     }
 
     fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {

@@ -6,6 +6,8 @@
 //! parallel.
 
 use crate::HubError;
+use crate::checkpoint::Checkpointer;
+use crate::seen::{SeenAt, SeenLog};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
@@ -127,6 +129,36 @@ pub struct SqliteHub {
     tenants: Mutex<HashMap<Uuid, Arc<Mutex<Store>>>>,
     ids: Mutex<IdGen>,
     schema: Schema,
+    /// Devices' last contact, written to `hub.db` off the push path.
+    seen: SeenLog,
+    /// Tenant WAL checkpoints off the push path (`None`: inside COMMIT).
+    checkpointer: Option<Checkpointer>,
+}
+
+/// A SQLite hub's background work on wall-clock timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqliteTimers {
+    /// How often devices' last-seen times are written; `None`: only at
+    /// [`HubStorage::flush_seen`] and when the hub is dropped.
+    pub seen_flush_ms: Option<u64>,
+    /// How often tenant WALs are checkpointed by a thread of their own;
+    /// `None`: inside the COMMIT that fills the WAL (SQLite's default).
+    pub checkpoint_ms: Option<u64>,
+}
+
+impl Default for SqliteTimers {
+    fn default() -> Self {
+        SqliteTimers {
+            seen_flush_ms: Some(crate::seen::SEEN_FLUSH_INTERVAL_MS),
+            checkpoint_ms: Some(crate::checkpoint::CHECKPOINT_INTERVAL_MS),
+        }
+    }
+}
+
+impl SqliteTimers {
+    /// No timers: the simulation, whose hub must not write on a wall-clock
+    /// timer while it copies the folder.
+    pub const NONE: SqliteTimers = SqliteTimers { seen_flush_ms: None, checkpoint_ms: None };
 }
 
 impl std::fmt::Debug for SqliteHub {
@@ -170,18 +202,46 @@ impl LaneLog for SeqLog<'_> {
 
 impl SqliteHub {
     /// Opens (or creates) a hub data folder. `ids` seeds tokens and ids.
+    /// Devices' last-seen times and tenant WAL checkpoints run on the
+    /// default timers ([`SqliteTimers::default`]).
     pub fn open(dir: &Path, ids: IdGen) -> Result<SqliteHub, HubError> {
+        Self::open_with(dir, ids, SqliteTimers::default())
+    }
+
+    /// As [`SqliteHub::open`], with these timers.
+    pub fn open_with(dir: &Path, ids: IdGen, timers: SqliteTimers) -> Result<SqliteHub, HubError> {
         std::fs::create_dir_all(dir.join("tenants"))
             .map_err(|e| HubError::Internal(format!("cannot create {}: {e}", dir.display())))?;
         let control = open_conn(&dir.join("hub.db"))?;
         control.execute_batch(CONTROL_SQL)?;
         upgrade_control(&control)?;
+        // Its own connection, so writing the times never takes the control
+        // mutex; not synced per commit (a crash may lose a few seconds of
+        // them anyway), the next synced commit or checkpoint carries them.
+        let seen_conn = open_conn(&dir.join("hub.db"))?;
+        seen_conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+        let writer: crate::seen::SeenWriter = Box::new(move |batch| {
+            let tx = seen_conn.unchecked_transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3
+                     WHERE id = ?1 AND (last_seen_ms IS NULL OR last_seen_ms <= ?2)",
+                )?;
+                for (device, at) in batch {
+                    st.execute(params![device.to_string(), at.last_seen_ms as i64, at.skew_ms])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        });
         Ok(SqliteHub {
             dir: dir.to_path_buf(),
             control: Mutex::new(control),
             tenants: Mutex::new(HashMap::new()),
             ids: Mutex::new(ids),
             schema: Schema::standard(),
+            seen: SeenLog::start(writer, timers.seen_flush_ms),
+            checkpointer: timers.checkpoint_ms.map(Checkpointer::start),
         })
     }
 
@@ -235,6 +295,10 @@ impl SqliteHub {
             Store::create(&dir, identity, self.schema.clone(), seed)?
         };
         store.connection().execute_batch(TENANT_SQL)?;
+        if let Some(c) = &self.checkpointer {
+            store.set_wal_autocheckpoint_pages(crate::checkpoint::TENANT_WAL_AUTOCHECKPOINT_PAGES)?;
+            c.watch(dir.join(tillsync_store::DB_FILE));
+        }
         // Tenant files made before the log chain existed get its column.
         let has_chain: bool = store
             .connection()
@@ -874,11 +938,9 @@ impl HubStorage for SqliteHub {
                 .execute("UPDATE devices SET status = 'forked' WHERE id = ?1 AND status = 'active'", [&device])?;
             tracing::warn!(device = device.as_str(), "device folder copied: device stopped");
         }
+        // Off the durable path: kept in memory, written every few seconds.
         let skew = req.device_time_ms as i64 - now_ms as i64;
-        self.control.lock().expect("control").execute(
-            "UPDATE devices SET last_seen_ms = ?2, skew_ms = ?3 WHERE id = ?1",
-            params![device, now_ms as i64, skew],
-        )?;
+        self.seen.note(dev.device_id, SeenAt { tenant: dev.tenant_id, last_seen_ms: now_ms, skew_ms: skew });
         Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc, skew_ms: skew }, notices))
     }
 
@@ -1008,7 +1070,14 @@ impl HubStorage for SqliteHub {
                 skew_ms: skew,
             });
         }
+        drop(st);
+        drop(c);
+        self.seen.overlay(tenant, &mut out);
         Ok(out)
+    }
+
+    fn flush_seen(&self) -> Result<(), HubError> {
+        self.seen.flush()
     }
 
     fn rotate_device_token(&self, dev: &DeviceAuth, _now_ms: u64) -> Result<String, HubError> {

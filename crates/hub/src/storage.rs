@@ -72,8 +72,15 @@ pub trait HubStorage: Send + Sync + 'static {
     }
     /// The merged state of the device's scope and the cursor it matches.
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
-    /// Devices of a tenant.
+    /// Devices of a tenant, with the latest contact this process saw even
+    /// if it is not written yet (see [`crate::seen`]).
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError>;
+    /// Writes the devices' last-seen times kept in memory now (they are
+    /// written every few seconds and when the backend is dropped); a
+    /// server calls it when it stops.
+    fn flush_seen(&self) -> Result<(), HubError> {
+        Ok(())
+    }
     /// Gives an active device a new token (only its hash is stored). The
     /// old token keeps working until the new one is first used, and that
     /// first use retires it: a rotation whose answer was lost on the way

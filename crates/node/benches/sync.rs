@@ -901,18 +901,24 @@ async fn propagation(cfg: &Config, root: &Path) -> Propagation {
     let b_db = db.join(tillsync_store::DB_FILE);
     let hub_db = dir.join("hub").join("tenants").join(setup.tenant.to_string()).join(tillsync_store::DB_FILE);
     let poller = std::thread::spawn(move || {
+        // Through the folder's key: B's database is encrypted (the hub's
+        // tenant file is plaintext, which the same call opens). A plain
+        // connection reads nothing from B, and every sale then waits out
+        // the deadline below.
         let open = |p: &Path| {
-            let c = Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-                .expect("read connection");
+            let (c, _) =
+                tillsync_store::keys::open(p, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+                    .expect("read connection");
             c.busy_timeout(Duration::from_secs(5)).expect("busy");
             c
         };
         let (hub, b) = (open(&hub_db), open(&b_db));
         let wait_for = |conn: &Connection, id: &str, deadline: Instant| loop {
+            // An error is not "not there yet": it would make every sale a miss.
             let found = conn
                 .prepare_cached("SELECT 1 FROM ledger WHERE id = ?1")
                 .and_then(|mut st| st.exists([id]))
-                .unwrap_or(false);
+                .expect("the observer's read");
             if found {
                 break Some(Instant::now());
             }

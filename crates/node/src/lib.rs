@@ -11,6 +11,7 @@ pub mod config;
 pub mod metrics;
 pub mod net;
 pub mod run;
+pub mod running;
 pub mod status;
 pub mod sync;
 

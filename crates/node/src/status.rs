@@ -49,16 +49,13 @@ pub fn full(store: &Store, config: &Config) -> Result<Value, StoreError> {
     let stalled = failures >= config.sync.retry_limit as u64;
     let lane_error =
         s.last_error.as_deref().is_some_and(|e| !e.is_empty()) && reachable != Some(false) && !stalled && failures == 0;
-    let running = store
-        .get_meta("sync_running")?
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|pid| pid != 0 && std::path::Path::new(&format!("/proc/{pid}")).exists());
+    // A round in progress is not in the database (see `running`): the side
+    // file names the process running it, if that process lives.
+    let round = crate::running::current(store.path());
+    let running = round.is_some();
     let pending_total = s.pending_total;
     let st = state(standalone, s.hub_status == "revoked", stalled, lane_error, reachable, running, pending_total);
-    let progress = store.get_meta("progress")?.filter(|p| !p.is_empty() && running).and_then(|p| {
-        let (d, t) = p.split_once('/')?;
-        Some(json!({"done": d.parse::<u64>().ok()?, "total": t.parse::<u64>().ok()?}))
-    });
+    let progress = round.and_then(|r| r.progress).map(|p| json!({"done": p.done, "total": p.total}));
     let network = net::current(&config.network.metered, if standalone { None } else { reachable });
     let mut bytes = serde_json::Map::new();
     let mut bytes_in = serde_json::Map::new();

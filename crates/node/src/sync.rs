@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use tillsync_core::wire::{PullResponse, PushRequest, Snapshot, WireChange};
 use tillsync_core::{Hlc, IdGen, Lane, Op, Schema};
 use tillsync_store::keys::KeySpec;
-use tillsync_store::{Identity, Store, StoreError};
+use tillsync_store::{Identity, MetaUpdate, Store, StoreError};
 
 /// Errors of syncing. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -267,6 +267,13 @@ pub const METERED_PULL_LEN_MAX: u64 = 2_000;
 
 /// One sync round with options; records the round's outcome in the till's
 /// database (state, failures, totals) for `till status`.
+///
+/// Durable commits on the way are only those the protocol needs: each push
+/// answer that moves an acknowledgement (with the bytes and totals it
+/// counts), each pulled page (with its cursor and figures). That a round
+/// runs, and how far it is, lives in a side file ([`crate::running`]); the
+/// closing figures go in one unsynced transaction at the end
+/// ([`Store::record_figures`]).
 pub async fn sync_with(
     store: &mut Store,
     client: &HubClient,
@@ -275,33 +282,47 @@ pub async fn sync_with(
 ) -> Result<SyncReport, SyncError> {
     let mut report = SyncReport::default();
     // The running round names its process, so a round killed half-way is
-    // not shown as still syncing.
-    store.set_meta("sync_running", &std::process::id().to_string())?;
-    let result = round(store, client, &now_ms, &mut report, opts).await;
-    store.set_meta("sync_running", "0")?;
-    store.set_meta("progress", "")?;
-    store.add_meta_u64("pushed_total", report.pushed)?;
-    store.add_meta_u64("pulled_total", report.pulled)?;
+    // not shown as still syncing; dropped (file removed) when the round ends.
+    let mark = crate::running::RoundMark::start(store.path());
+    let mut tally = RoundTally::default();
+    let result = round(store, client, &now_ms, &mut report, &mut tally, &mark, opts).await;
+    let mut figures = std::mem::take(&mut tally.left);
+    if let Some(skew) = tally.skew_ms {
+        figures.push(MetaUpdate::Set("skew_ms".into(), skew.to_string()));
+    }
     match &result {
         Ok(()) => {
-            store.set_meta("last_sync_ms", &now_ms().to_string())?;
+            figures.push(MetaUpdate::Set("last_sync_ms".into(), now_ms().to_string()));
             // A held-back lane stays visible until a round clears it.
-            store.set_meta("last_error", &report.lane_errors.join("; "))?;
-            store.set_meta("hub_status", "ok")?;
-            store.set_meta("net_reachable", "true")?;
-            store.set_meta("failures", "0")?;
+            figures.push(MetaUpdate::Set("last_error".into(), report.lane_errors.join("; ")));
+            figures.push(MetaUpdate::Set("hub_status".into(), "ok".into()));
+            figures.push(MetaUpdate::Set("net_reachable".into(), "true".into()));
+            figures.push(MetaUpdate::Set("failures".into(), "0".into()));
         }
         Err(e) => {
-            store.set_meta("last_error", &e.to_string())?;
-            store.add_meta_u64("failures", 1)?;
+            figures.push(MetaUpdate::Set("last_error".into(), e.to_string()));
+            figures.push(MetaUpdate::Add("failures".into(), 1));
             match e {
-                SyncError::Network(_) | SyncError::Tls(_) => store.set_meta("net_reachable", "false")?,
-                _ if e.is_revoked() => store.set_meta("hub_status", "revoked")?,
+                SyncError::Network(_) | SyncError::Tls(_) => {
+                    figures.push(MetaUpdate::Set("net_reachable".into(), "false".into()))
+                }
+                _ if e.is_revoked() => figures.push(MetaUpdate::Set("hub_status".into(), "revoked".into())),
                 _ => {}
             }
         }
     }
+    store.record_figures(&figures)?;
+    // The round stops showing as running only once its outcome is readable.
+    drop(mark);
     result.map(|()| report)
+}
+
+/// A round's figures not yet written: the skew last measured, and figures
+/// whose own transaction did not happen (they go with the closing ones).
+#[derive(Default)]
+struct RoundTally {
+    skew_ms: Option<i64>,
+    left: Vec<MetaUpdate>,
 }
 
 async fn round(
@@ -309,6 +330,8 @@ async fn round(
     client: &HubClient,
     now_ms: &impl Fn() -> u64,
     report: &mut SyncReport,
+    tally: &mut RoundTally,
+    mark: &crate::running::RoundMark,
     opts: &SyncOptions,
 ) -> Result<(), SyncError> {
     if opts.full {
@@ -354,14 +377,20 @@ async fn round(
             *bytes.entry(c.lane).or_default() += serde_json::to_string(&c.ops).map(|j| j.len() as u64).unwrap_or(0);
         }
         let resp = client.push(&PushRequest { device_time_ms: now_ms(), changes, ..Default::default() }).await?;
-        for (lane, b) in bytes {
-            store.add_meta_u64(&format!("bytes_sent_{lane}"), b)?;
+        // The bytes and totals this push counts are written with its
+        // acknowledgements, in one transaction.
+        let mut figures: Vec<MetaUpdate> =
+            bytes.iter().map(|(lane, b)| MetaUpdate::Add(format!("bytes_sent_{lane}"), *b)).collect();
+        if sent > 0 {
+            figures.push(MetaUpdate::Add("pushed_total".into(), sent));
         }
         done += sent;
         if sent > 0 {
-            store.set_meta("progress", &format!("{done}/{}", (total as u64).max(done)))?;
+            mark.progress(done, (total as u64).max(done));
         }
         let mut progress = false;
+        let mut acks: Vec<(Lane, u64)> = Vec::new();
+        let mut notes: Vec<(Lane, u64, String)> = Vec::new();
         for (lane, ack) in &resp.lanes {
             let before = store.acked(*lane)?;
             let target = match sent_through.get(lane) {
@@ -369,12 +398,12 @@ async fn round(
                 // A lane not sent this time may only move back (a restored hub).
                 None => ack.acked_through.min(before),
             };
-            store.set_acked(*lane, target)?;
+            acks.push((*lane, target));
             if target != before {
                 progress = true;
             }
             for q in &ack.quarantined {
-                store.note_quarantine(*lane, q.seq, &q.reason, now_ms())?;
+                notes.push((*lane, q.seq, q.reason.clone()));
                 report.quarantined += 1;
             }
             if let Some(e) = &ack.error {
@@ -385,7 +414,7 @@ async fn round(
                     continue;
                 }
                 report.lane_errors.push(format!("{lane}: {}", e.message));
-                store.set_meta("last_lane_error", &format!("{lane}: {} ({})", e.message, e.code))?;
+                figures.push(MetaUpdate::Set("last_lane_error".into(), format!("{lane}: {} ({})", e.message, e.code)));
                 // A newly held-back lane frees the batch for the lanes after it.
                 if !blocked.contains(lane) {
                     blocked.push(*lane);
@@ -393,6 +422,8 @@ async fn round(
                 }
             }
         }
+        // An empty push whose answer moves nothing writes nothing.
+        store.record_push_answer(&acks, &notes, now_ms(), Hlc(resp.hub_hlc), &figures)?;
         // The hub acknowledging a sequence this till never wrote means a
         // copy of its folder wrote it. Say so: the hub stops the device and
         // both copies carry their changes to a new enrolment. (The answer's
@@ -407,8 +438,7 @@ async fn round(
                 message: "the hub holds changes of this till that it never made: its folder was copied".into(),
             });
         }
-        store.observe_clock(Hlc(resp.hub_hlc))?;
-        store.set_meta("skew_ms", &resp.skew_ms.to_string())?;
+        tally.skew_ms = Some(resp.skew_ms);
         report.skew_ms = resp.skew_ms;
         report.pushed += sent;
         if !progress {
@@ -442,27 +472,33 @@ async fn round(
             at += n;
             *received.entry(lane).or_default() += serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0);
         }
-        for (lane, b) in &received {
-            store.add_meta_u64(&format!("bytes_received_{lane}"), *b)?;
-        }
+        let mut figures: Vec<MetaUpdate> =
+            received.iter().map(|(lane, b)| MetaUpdate::Add(format!("bytes_received_{lane}"), *b)).collect();
         let total: u64 = received.values().sum();
         if total > 0 {
-            store.add_meta_u64("bytes_received", total)?;
+            figures.push(MetaUpdate::Add("bytes_received".into(), total));
         }
-        store.set_meta("progress", &format!("{}/{}", report.pulled, report.pulled + page.remaining))?;
+        if !page.entries.is_empty() {
+            figures.push(MetaUpdate::Add("pulled_total".into(), page.entries.len() as u64));
+        }
         if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {
             report.deferred_pull = true;
         }
         // Every answer carries the hub's clock: skew is measured even when
         // nothing was pushed.
         report.skew_ms = now_ms() as i64 - page.hub_time_ms as i64;
-        store.set_meta("skew_ms", &report.skew_ms.to_string())?;
+        tally.skew_ms = Some(report.skew_ms);
         if page.cursor != cursor || !ops.is_empty() || page.cursor_tag != tag {
-            store.apply_pulled_tagged(&ops, page.cursor, page.cursor_tag.as_deref())?;
+            // The page's figures count what this transaction applies.
+            store.apply_pulled_with(&ops, page.cursor, page.cursor_tag.as_deref(), &figures)?;
+        } else {
+            tally.left.extend(figures);
         }
         if !page.more || report.deferred_pull {
             break;
         }
+        // Part way through a pull of several pages: say how far.
+        mark.progress(report.pulled, report.pulled + page.remaining);
     }
     if opts.full {
         let d = client.digest().await?;

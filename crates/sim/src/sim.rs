@@ -70,7 +70,7 @@ use tillsync_core::merge::Policy;
 use tillsync_core::schema::tables;
 use tillsync_core::wire::{PullResponse, PushRequest, PushResponse, Snapshot, WireChange};
 use tillsync_core::{Change, ConflictStatus, Hlc, IdGen, Lane, Op, Schema, derived_id};
-use tillsync_hub::{DeviceAuth, HubError, HubStorage, SqliteHub};
+use tillsync_hub::{DeviceAuth, HubError, HubStorage, SqliteHub, SqliteTimers};
 use tillsync_store::{Identity, ProductFields, SaleRequest, Store, StoreError};
 use uuid::Uuid;
 
@@ -343,7 +343,8 @@ impl HubTemplate {
     pub fn new() -> R<HubTemplate> {
         let dir = scratch_dir().ctx("scratch folder")?;
         let path = dir.path().join("hub");
-        let hub = SqliteHub::open(&path, IdGen::from_u64(0x7e3a_71a7e)).ctx("open template hub")?;
+        let hub =
+            SqliteHub::open_with(&path, IdGen::from_u64(0x7e3a_71a7e), SqliteTimers::NONE).ctx("open template hub")?;
         let (tenant, _) = hub.create_tenant("sim", true, T0).ctx("create tenant")?;
         let store = hub.create_store(tenant, "sim store", T0 + 1).ctx("create store")?;
         let (seed_ops, cursor) = pull_all(&hub, &observer_auth(tenant, store), 0, T0 + 2)?;
@@ -601,7 +602,7 @@ impl Sim {
         let faults = cfg.faults.clone();
         let hub_dir = root.join("hub");
         copy_dir(&template.path, &hub_dir)?;
-        let hub = SqliteHub::open(&hub_dir, IdGen::from_u64(rng.u64())).ctx("open hub")?;
+        let hub = SqliteHub::open_with(&hub_dir, IdGen::from_u64(rng.u64()), SqliteTimers::NONE).ctx("open hub")?;
         let level = rng.below(4);
         let net = |lost, other| Net { lost, answer_lost: lost, duplicate: other, delayed: other, late: other };
         let mut netp = match level {
@@ -1050,7 +1051,10 @@ impl Sim {
     }
 
     fn reopen_hub(&mut self) -> R<()> {
-        self.hub = Some(SqliteHub::open(&self.hub_dir, IdGen::from_u64(self.rng.u64())).ctx("reopen hub")?);
+        self.hub = Some(
+            SqliteHub::open_with(&self.hub_dir, IdGen::from_u64(self.rng.u64()), SqliteTimers::NONE)
+                .ctx("reopen hub")?,
+        );
         Ok(())
     }
 
@@ -1943,6 +1947,9 @@ fn apply_push_answer(
     sent_through: &BTreeMap<Lane, u64>,
 ) -> R<bool> {
     let mut progress = false;
+    let mut acks: Vec<(Lane, u64)> = Vec::new();
+    let mut notes: Vec<(Lane, u64, String)> = Vec::new();
+    let mut fault: Option<String> = None;
     for (lane, ack) in &resp.lanes {
         let before = store.acked(*lane).ctx("acked")?;
         // As the node: never acknowledge more than was sent; a lane not sent
@@ -1951,14 +1958,15 @@ fn apply_push_answer(
             Some(max) => ack.acked_through.min(*max),
             None => ack.acked_through.min(before),
         };
-        store.set_acked(*lane, target).ctx("set_acked")?;
+        acks.push((*lane, target));
         if target != before {
             progress = true;
         }
         // Nothing the simulation sends is malformed: a quarantine is a fault.
         if let Some(q) = ack.quarantined.first() {
-            store.note_quarantine(*lane, q.seq, &q.reason, now_ms).ctx("note quarantine")?;
-            return Err(format!("change {lane} #{} was quarantined: {}", q.seq, q.reason));
+            notes.push((*lane, q.seq, q.reason.clone()));
+            fault = Some(format!("change {lane} #{} was quarantined: {}", q.seq, q.reason));
+            break;
         }
         if let Some(e) = &ack.error {
             errors.push((*lane, e.code.clone()));
@@ -1967,7 +1975,8 @@ fn apply_push_answer(
                 continue;
             }
             if e.code != "sequence_reused" {
-                return Err(format!("the hub refused lane {lane}: {} ({})", e.message, e.code));
+                fault = Some(format!("the hub refused lane {lane}: {} ({})", e.message, e.code));
+                break;
             }
             if !blocked.contains(lane) {
                 blocked.push(*lane);
@@ -1975,8 +1984,14 @@ fn apply_push_answer(
             }
         }
     }
-    store.observe_clock(Hlc(resp.hub_hlc)).ctx("observe clock")?;
-    Ok(progress)
+    // As the node: the answer's acknowledgements and notes in one
+    // transaction (none when nothing moves); the hub's clock observed in
+    // memory, saved with the next transaction.
+    store.record_push_answer(&acks, &notes, now_ms, Hlc(resp.hub_hlc), &[]).ctx("record push answer")?;
+    match fault {
+        Some(f) => Err(f),
+        None => Ok(progress),
+    }
 }
 
 /// One sync round as `tillsync_node::sync::round` runs it: push the

@@ -21,7 +21,7 @@ pub use pos::{
     CountOutcome, LineAdjust, ProductFields, RefundOutcome, SaleAdjustments, SaleOutcome, SaleRequest, compound_bp,
 };
 pub use queries::{Alerts, ConflictRow, LedgerEntry, ProductRow, SaleSummary, Status, StockRow};
-pub use sync::{ImportReport, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
+pub use sync::{ImportReport, MetaUpdate, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
@@ -258,6 +258,24 @@ impl Store {
     /// Runs `PRAGMA integrity_check` and returns its first line ("ok").
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    /// Copies what the WAL holds into the database file without waiting
+    /// for readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`), so that
+    /// a commit need not do it (see [`Store::set_wal_autocheckpoint_pages`]).
+    pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// The WAL size, in pages, past which a commit on this connection
+    /// checkpoints by itself (SQLite's default is 1,000). A process that
+    /// checkpoints on a timer of its own ([`Store::checkpoint_passive`])
+    /// raises it so that its commits do not, keeping it as a bound on the
+    /// WAL if the timer falls behind.
+    pub fn set_wal_autocheckpoint_pages(&self, pages: u32) -> Result<(), StoreError> {
+        self.conn.query_row(&format!("PRAGMA wal_autocheckpoint={pages}"), [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// The `synchronous` pragma in force (2 is FULL).

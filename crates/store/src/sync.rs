@@ -93,12 +93,109 @@ impl Store {
 
     /// As `apply_pulled`, keeping the hub's tag of the new cursor with it.
     pub fn apply_pulled_tagged(&mut self, ops: &[Op], cursor: u64, tag: Option<&str>) -> Result<usize, StoreError> {
+        self.apply_pulled_with(ops, cursor, tag, &[])
+    }
+
+    /// As `apply_pulled_tagged`, with sync figures (bytes received, pulled
+    /// totals) written in the same transaction: the figures then count
+    /// exactly what was applied, and the page costs one durable commit.
+    pub fn apply_pulled_with(
+        &mut self,
+        ops: &[Op],
+        cursor: u64,
+        tag: Option<&str>,
+        figures: &[MetaUpdate],
+    ) -> Result<usize, StoreError> {
         self.transaction(|s| {
             let n = s.apply_in_transaction(ops)?;
             s.meta_set("pull_cursor", &cursor.to_string())?;
             s.meta_set("pull_cursor_tag", tag.unwrap_or(""))?;
+            s.update_meta(figures)?;
             Ok::<_, StoreError>(n)
         })
+    }
+
+    /// Records a push answer in one durable transaction: every lane's
+    /// acknowledged sequence (`acks`, see [`Store::set_acked`]), the
+    /// quarantine notes (lane, sequence, reason) and the sync figures that
+    /// ride with it. The hub's clock reading is observed in memory; it is
+    /// saved by this transaction or by the next one (a reading lost in a
+    /// crash was never used by a saved write). Nothing is written when no
+    /// acknowledgement moves and there is nothing else to record, so an empty
+    /// push (the first of every round) costs no commit. Returns whether an
+    /// acknowledgement moved.
+    pub fn record_push_answer(
+        &mut self,
+        acks: &[(Lane, u64)],
+        notes: &[(Lane, u64, String)],
+        at_ms: u64,
+        hub_hlc: tillsync_core::Hlc,
+        figures: &[MetaUpdate],
+    ) -> Result<bool, StoreError> {
+        self.clock.observe(hub_hlc);
+        let mut moved = false;
+        for (lane, target) in acks {
+            // What `set_acked` would store: never above what was written.
+            let stored: i64 = self.conn.query_row(
+                "SELECT min(?2, next_seq - 1) FROM lanes WHERE lane = ?1",
+                params![lane.as_str(), *target as i64],
+                |r| r.get(0),
+            )?;
+            if stored.max(0) as u64 != self.acked(*lane)? {
+                moved = true;
+            }
+        }
+        if !moved && notes.is_empty() && figures.is_empty() {
+            return Ok(false);
+        }
+        self.transaction(|s| {
+            for (lane, target) in acks {
+                s.set_acked(*lane, *target)?;
+            }
+            for (lane, seq, reason) in notes {
+                s.note_quarantine(*lane, *seq, reason, at_ms)?;
+            }
+            s.update_meta(figures)?;
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(moved)
+    }
+
+    /// Writes a round's closing figures (last sync time, last error, hub and
+    /// network state, failures, skew) in one transaction that is **not**
+    /// synced to disk by itself (`synchronous=NORMAL` for this commit only).
+    /// In WAL mode the next synced commit carries it to disk with its own;
+    /// a power cut before that loses only these figures, never a sale, an
+    /// outbox entry, an acknowledgement or a cursor (each of those is
+    /// committed with `synchronous=FULL`), and the next round writes them
+    /// again. A process crash loses nothing: the commit is in the WAL.
+    pub fn record_figures(&mut self, figures: &[MetaUpdate]) -> Result<(), StoreError> {
+        if figures.is_empty() {
+            return Ok(());
+        }
+        self.conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        let r = self.transaction(|s| s.update_meta(figures));
+        // Back to FULL whatever happened: every other commit stays durable.
+        let restored = self.conn.execute_batch("PRAGMA synchronous=FULL");
+        r?;
+        restored?;
+        Ok(())
+    }
+
+    /// Applies figure updates on this connection (inside the caller's
+    /// transaction, or one autocommit each).
+    pub fn update_meta(&self, figures: &[MetaUpdate]) -> Result<(), StoreError> {
+        for f in figures {
+            match f {
+                MetaUpdate::Set(k, v) => self.meta_set(k, v)?,
+                MetaUpdate::Add(k, n) => {
+                    if *n > 0 {
+                        self.add_meta_u64(k, *n)?;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records a quarantine note from the hub.
@@ -145,6 +242,17 @@ impl Store {
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta_set(key, value)
     }
+}
+
+/// A change to one `meta` figure, written inside another transaction
+/// ([`Store::apply_pulled_with`], [`Store::record_push_answer`],
+/// [`Store::record_figures`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaUpdate {
+    /// Sets the value.
+    Set(String, String),
+    /// Adds to a counter (absent counts as 0).
+    Add(String, u64),
 }
 
 /// Unsynced changes written to a file by `till export-pending`.

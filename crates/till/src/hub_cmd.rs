@@ -280,6 +280,7 @@ pub fn serve(
     install_crypto();
     crate::init_logs();
     let storage = hub(data)?;
+    let flusher = storage.clone();
     let where_ = describe(data);
     let where_key = if data.data.is_some() { "data" } else { "database" };
     let mut state = AppState::new(storage).with_rates(tillsync_hub::RateOptions {
@@ -337,8 +338,12 @@ pub fn serve(
                 server.serve(service).await?;
             }
         }
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    })?;
+    // Devices' last-seen times are kept in memory between writes: write the
+    // last of them before the process ends.
+    flusher.flush_seen().context("cannot write the devices' last-seen times")?;
+    Ok(())
 }
 
 /// Connection limits of the hub's listener. HTTP/1: a client must send a

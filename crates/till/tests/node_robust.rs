@@ -396,15 +396,14 @@ fn node_run_killed_at_random_loses_and_doubles_nothing() {
         ("TILL_SYNC_BACKOFF_CAP_MS", "200"),
         ("TILL_SYNC_PROBE_INTERVAL_MS", "100"),
     ];
-    let db = tillsync_store::keys::connect(&a.join("till.db")).expect("open till.db");
-    db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
-    let meta = |key: &str| -> Option<String> {
-        db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).ok()
-    };
+    // A round marks itself in a side file and removes the mark when it ends
+    // (tillsync_node::running): a mark left after the kill means this runner
+    // died in a round.
+    let mark = a.join(tillsync_node::running::RUNNING_FILE);
     let mut mid_round = 0;
     for _ in 0..kills {
-        // Cleared before each start: "1" after the kill means this runner died in a round.
-        db.execute("UPDATE meta SET value = '0' WHERE key = 'sync_running'", []).expect("clear sync_running");
+        // Cleared before each start.
+        let _ = std::fs::remove_file(&mark);
         let mut cmd = base_command();
         cmd.args(["node", "run", "--data", p(&a), "--interval", "1", "--ui", "127.0.0.1:0"])
             .stdin(Stdio::null())
@@ -417,7 +416,7 @@ fn node_run_killed_at_random_loses_and_doubles_nothing() {
         let ms = if rng.range(0, 9) == 0 { rng.range(150, 500) } else { rng.range(0, 100) };
         std::thread::sleep(Duration::from_millis(ms));
         runner.kill();
-        if meta("sync_running").is_some_and(|v| v != "0" && !v.is_empty()) {
+        if mark.exists() {
             mid_round += 1;
         }
     }
@@ -1000,16 +999,32 @@ fn killed_round_leaves_no_stale_syncing_state() {
         (runner.api_status()["state"] == "syncing").then_some(())
     });
     runner.bg.kill();
+    // The round's mark is left behind, naming the dead runner.
+    assert!(
+        a.join(tillsync_node::running::RUNNING_FILE).exists(),
+        "the runner died in its round, so its mark is still there"
+    );
     // No process syncs this till any more.
     let st = status(&a);
     eprintln!("status after the runner was killed mid-round: {st}");
     assert_ne!(
         st["state"], "syncing",
         "PRODUCT BUG: after `node run` was killed during a round, `till status` shows state 'syncing' although no \
-         round runs (meta sync_running stays '1' until some later round resets it): {st}"
+         round runs (the round's mark names a process that is gone): {st}"
     );
-    // Healing still works (sync_with resets the flag).
+    assert_eq!(st["state"], "pending", "the sale waits: {st}");
+    assert!(st["progress"].is_null(), "no round runs, so no progress: {st}");
+    // A runner started again reports the truth from its first answer on,
+    // and its round brings the till to synced.
     proxy.set(Fault::Pass);
+    let runner = Runner::start(&a, &["--interval", "60"], &[]);
+    let st = poll(Duration::from_secs(20), Duration::from_millis(20), "the restarted runner syncs", || {
+        let st = runner.api_status();
+        (st["state"] == "synced").then_some(st)
+    });
+    assert!(st["progress"].is_null(), "no round runs after it: {st}");
+    drop(runner);
+    // Healing by hand still works.
     sync(&a);
     assert_eq!(status(&a)["state"], "synced");
 }
