@@ -159,8 +159,14 @@ pub fn snapshot(data: &[u8]) -> Outcome {
     let page: SnapshotPage = decode_answer(200, zstd, body).map_err(|e| e.to_string())?;
     let page = decode_page(page).map_err(|e| e.to_string())?;
     let mut till = fresh_store(OTHER_DEVICE)?;
+    if page.cursor.is_none() {
+        // A later page (no cursor): applied to a till whose bootstrap is
+        // under way, as after its first page.
+        let under_way = tillsync_store::BootProgress { cursor: 1, cursor_tag: None, after: None, done: 0, total: 0 };
+        till.apply_boot_part(&[], &under_way).map_err(|e| e.to_string())?;
+    }
     let mut boot = Bootstrap::resume(&till).map_err(|e| e.to_string())?;
-    let more = boot.apply_page(&mut till, page, NOW_MS).map_err(|e| e.to_string())?;
+    let more = boot.apply_page(&mut till, &page, NOW_MS).map_err(|e| e.to_string())?;
     if !more {
         boot.finish(&mut till).map_err(|e| e.to_string())?;
     }
