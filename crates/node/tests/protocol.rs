@@ -444,28 +444,36 @@ async fn writes_between_pages_are_not_lost(backend: Backend) {
     let h = start(backend, &tmp.path().join("hub")).await;
     let da = tmp.path().join("a");
     let mut a = till(&h, &da, 1).await;
-    // A sells and changes a price; its changes reach the hub one at a time,
-    // each between two snapshot pages of B's bootstrap.
+    // A sells and changes a price; its changes reach the hub one at a time
+    // between snapshot pages of B's bootstrap, once B's pages have passed
+    // every record write (`after` is a ledger key): the price change lands
+    // in a key range B has passed, which only the pull from the first
+    // page's cursor brings. The price change goes first.
     for _ in 0..6 {
         sell(&mut a);
     }
     a.update_product(now(), "LATTE", &ProductFields { price_minor: Some(455), ..Default::default() }).unwrap();
-    let pushes = std::sync::Mutex::new(pending_one_by_one(&a));
-    let n_pushes = pushes.lock().unwrap().len();
-    let (hub, auth) = (h.hub.clone(), device_auth(&*h.hub, &da));
-    let hook: SnapshotHook = Arc::new(move |n, _| {
-        if n >= 2
+    let mut queue = pending_one_by_one(&a);
+    queue.make_contiguous().sort_by_key(|r| r.changes[0].lane != Lane::Catalog);
+    assert_eq!(queue[0].changes[0].lane, Lane::Catalog);
+    let pushes = std::sync::Mutex::new(queue);
+    let pushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (hub, auth, count) = (h.hub.clone(), device_auth(&*h.hub, &da), pushed.clone());
+    let hook: SnapshotHook = Arc::new(move |_, q| {
+        if q.contains("after=l%3A")
             && let Some(req) = pushes.lock().unwrap().pop_front()
         {
             let (resp, _) = hub.push(&auth, &req, now()).unwrap();
             assert!(resp.lanes.values().all(|l| l.error.is_none() && l.quarantined.is_empty()), "{resp:?}");
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         true
     });
-    let (url, server, seen) = serve_hooked(h.hub.clone(), hook).await;
+    let (url, server, _) = serve_hooked(h.hub.clone(), hook).await;
     let db = tmp.path().join("b");
     let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
-    assert!(seen.lock().unwrap().len() > n_pushes + 2, "every push landed between two pages");
+    assert!(pushed.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the price change and a sale landed between pages");
+    assert_ne!(b.product("LATTE").unwrap().price_minor, 455, "the price change came after its range was passed");
     // The pull from the first page's cursor brings what the passed pages missed.
     let r = sync(&db, &mut b).await;
     assert!(!r.rebootstrapped);
