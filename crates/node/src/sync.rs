@@ -259,6 +259,7 @@ pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), Sync
     // round (enrolment) counts as one.
     let running = store.get_meta("sync_running")?;
     store.set_meta("sync_running", &std::process::id().to_string())?;
+    store.set_bulk_apply(true)?;
     let r = async {
         while let Some(page) = rx.recv().await {
             let page = page?;
@@ -274,6 +275,7 @@ pub async fn bootstrap(store: &mut Store, client: &HubClient) -> Result<(), Sync
     .await;
     // Dropping the receiver stops the fetch thread after its current request.
     drop(rx);
+    store.set_bulk_apply(false)?;
     store.set_meta("sync_running", running.as_deref().unwrap_or("0"))?;
     r
 }
