@@ -51,7 +51,19 @@ impl Checkpointer {
                     let paths: Vec<PathBuf> = watched.lock().expect("checkpoint files").clone();
                     for path in paths {
                         if !conns.contains_key(&path) {
-                            match tillsync_store::keys::connect(&path) {
+                            // A plain open, not `keys::connect`: tenant files
+                            // have no key record, so that would read the file's
+                            // header with a file handle of its own, and closing
+                            // any handle on a file drops every POSIX lock this
+                            // process holds on it, the tenant connection's
+                            // too. Other processes then rebuild the WAL index
+                            // and read the database without the hub's latest
+                            // commits until a checkpoint (what
+                            // `node_robust::fault_black_hole` caught).
+                            match rusqlite::Connection::open(&path).and_then(|c| {
+                                c.busy_timeout(Duration::from_millis(tillsync_store::BUSY_TIMEOUT_MS))?;
+                                Ok(c)
+                            }) {
                                 Ok(c) => {
                                     conns.insert(path.clone(), c);
                                 }
