@@ -31,12 +31,40 @@ pub enum Op {
     Insert(LedgerRow),
 }
 
+/// A position in the canonical order of a replica's state, by which a
+/// snapshot is paged (keyset): every record write ordered by (table, row,
+/// write id), then every ledger row ordered by id. Ids compare as their
+/// stored text (UUIDs lowercase and hyphenated, write ids as
+/// `WriteId::to_string`), which is the order SQLite and the hub use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateKey {
+    Write { table: String, row: Uuid, id: crate::merge::WriteId },
+    Ledger { id: Uuid },
+}
+
 impl Op {
     /// The table the operation touches.
     pub fn table(&self) -> &str {
         match self {
             Op::Write(w) => &w.table,
             Op::Insert(r) => &r.table,
+        }
+    }
+
+    /// The operation's position in the canonical order of a state.
+    pub fn state_key(&self) -> StateKey {
+        match self {
+            Op::Write(w) => StateKey::Write { table: w.table.clone(), row: w.row, id: w.id },
+            Op::Insert(r) => StateKey::Ledger { id: r.id },
+        }
+    }
+
+    /// The operation's own id as stored (a write id or a ledger row id).
+    pub fn id_text(&self) -> String {
+        match self {
+            Op::Write(w) => w.id.to_string(),
+            Op::Insert(r) => r.id.to_string(),
         }
     }
 

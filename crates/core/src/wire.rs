@@ -2,7 +2,7 @@
 //! domain types so the domain can change without breaking tills in the
 //! field: conversions live here, and a new wire version gets new types.
 
-use crate::change::{Change, LedgerRow, Op};
+use crate::change::{Change, LedgerRow, Op, StateKey};
 use crate::hlc::Hlc;
 use crate::merge::{Write, WriteId};
 use crate::schema::Lane;
@@ -47,6 +47,52 @@ impl From<&Op> for WireOp {
                 data: r.data.clone(),
             },
         }
+    }
+}
+
+impl From<Op> for WireOp {
+    /// As `From<&Op>`, moving the values instead of cloning them (a
+    /// snapshot page converts thousands).
+    fn from(op: Op) -> Self {
+        match op {
+            Op::Write(w) => WireOp::Write {
+                id: w.id.to_string(),
+                base: w.base.iter().map(WriteId::to_string).collect(),
+                table: w.table,
+                row: w.row,
+                field: w.field,
+                value: w.value,
+            },
+            Op::Insert(r) => WireOp::Insert {
+                table: r.table,
+                id: r.id,
+                store: r.store,
+                device: r.device,
+                hlc: r.hlc.0,
+                data: r.data,
+            },
+        }
+    }
+}
+
+impl TryFrom<WireOp> for Op {
+    type Error = BadOp;
+    /// As `TryFrom<&WireOp>`, moving the values instead of cloning them.
+    fn try_from(w: WireOp) -> Result<Self, Self::Error> {
+        let bad = |e: crate::merge::BadWriteId| BadOp(e.to_string());
+        Ok(match w {
+            WireOp::Write { id, table, row, field, value, base } => Op::Write(Write {
+                id: id.parse().map_err(bad)?,
+                table,
+                row,
+                field,
+                value,
+                base: base.iter().map(|b| b.parse().map_err(bad)).collect::<Result<_, _>>()?,
+            }),
+            WireOp::Insert { table, id, store, device, hlc, data } => {
+                Op::Insert(LedgerRow { table, id, store, device, hlc: Hlc(hlc), data })
+            }
+        })
     }
 }
 
@@ -190,6 +236,117 @@ pub struct Snapshot {
     pub ops: Vec<WireOp>,
 }
 
+/// Most operations in one snapshot page (`GET /v1/snapshot?limit=N`).
+pub const SNAPSHOT_PAGE_LEN_MAX: usize = 5_000;
+/// Most operations a whole snapshot (`GET /v1/snapshot` without `limit`,
+/// as tills before paging ask) may hold; past it the hub answers
+/// `snapshot_too_large` and the caller must page.
+pub const SNAPSHOT_WHOLE_LEN_MAX: u64 = 100_000;
+/// Longest snapshot key accepted, in bytes.
+pub const SNAPSHOT_KEY_LEN_MAX: usize = 256;
+
+/// A position in a snapshot's order (see [`StateKey`]), as the `next` of a
+/// page and the `after` of the next request: `w:TABLE:ROW:WRITE_ID` for a
+/// record write, `l:ID` for a ledger row. A string, so that it travels in
+/// a query string unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct SnapshotKey(String);
+
+/// A snapshot key that does not decode. The key itself is not repeated: it
+/// came from the caller, and an answer should not echo arbitrary input.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed snapshot key ({0}): send the `next` of the previous page as `after`")]
+pub struct BadKey(pub &'static str);
+
+impl SnapshotKey {
+    /// The key as sent in a query string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The position it names.
+    pub fn to_state_key(&self) -> Result<StateKey, BadKey> {
+        let bad = || BadKey("not a key this hub wrote");
+        if let Some(id) = self.0.strip_prefix("l:") {
+            let key = StateKey::Ledger { id: Uuid::try_parse(id).map_err(|_| bad())? };
+            if SnapshotKey::from(&key) != *self {
+                return Err(bad());
+            }
+            return Ok(key);
+        }
+        let rest = self.0.strip_prefix("w:").ok_or_else(bad)?;
+        // Row and write id hold no ':', so a table name is what is left.
+        let mut parts = rest.rsplitn(3, ':');
+        let (id, row, table) = (parts.next(), parts.next(), parts.next());
+        let (Some(id), Some(row), Some(table)) = (id, row, table) else { return Err(bad()) };
+        if table.is_empty() || !table.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(bad());
+        }
+        let key = StateKey::Write {
+            table: table.to_string(),
+            row: Uuid::try_parse(row).map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+        };
+        // Only the form the hub writes: a key is compared as text, so an
+        // id spelled another way (upper case, braces) would name another
+        // position.
+        if SnapshotKey::from(&key) != *self {
+            return Err(bad());
+        }
+        Ok(key)
+    }
+}
+
+impl From<&StateKey> for SnapshotKey {
+    fn from(k: &StateKey) -> Self {
+        SnapshotKey(match k {
+            StateKey::Write { table, row, id } => format!("w:{table}:{row}:{id}"),
+            StateKey::Ledger { id } => format!("l:{id}"),
+        })
+    }
+}
+
+impl From<SnapshotKey> for String {
+    fn from(k: SnapshotKey) -> String {
+        k.0
+    }
+}
+
+impl TryFrom<String> for SnapshotKey {
+    type Error = BadKey;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s.len() > SNAPSHOT_KEY_LEN_MAX {
+            return Err(BadKey("too long"));
+        }
+        let k = SnapshotKey(s);
+        k.to_state_key()?;
+        Ok(k)
+    }
+}
+
+/// GET /v1/snapshot?limit=N[&after=KEY] response: one page of the merged
+/// state of the device's scope, in the order of [`StateKey`]. A whole
+/// [`Snapshot`] (from a hub that does not page) reads as a single last page.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotPage {
+    /// First page only: pull from here once every page is applied. Taken
+    /// in the same transaction as the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+    /// First page only: the log chain at `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_tag: Option<String>,
+    /// First page only: how many operations the scope held then (for
+    /// progress; later writes make the pages hold a few more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    pub ops: Vec<WireOp>,
+    /// Ask for the next page `after` this key; none: this was the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<SnapshotKey>,
+}
+
 /// POST /v1/enrol
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EnrolRequest {
@@ -252,4 +409,45 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     pub pos: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_keys_round_trip_and_only_in_their_written_form() {
+        let row = Uuid::from_u128(0x0123_4567_89ab_cdef_0123_4567_89ab_cdef);
+        let id = WriteId { hlc: Hlc(0x1_0000_0002), device: Uuid::from_u128(7) };
+        for key in [StateKey::Write { table: "stock_movements".into(), row, id }, StateKey::Ledger { id: row }] {
+            let wire = SnapshotKey::from(&key);
+            assert_eq!(wire.to_state_key().unwrap(), key);
+            let again: SnapshotKey = serde_json::from_value(serde_json::to_value(&wire).unwrap()).unwrap();
+            assert_eq!(again, wire);
+        }
+        let upper = format!("l:{}", row.to_string().to_uppercase());
+        let braced = format!("l:{{{row}}}");
+        let hyphenated_write = format!("w:products:{row}:{:016x}-{}", 5, Uuid::from_u128(7));
+        for bad in [
+            "".to_string(),
+            "x".into(),
+            "l:".into(),
+            upper,
+            braced,
+            hyphenated_write,
+            format!("w::{row}:{id}"),
+            format!("w:Products:{row}:{id}"),
+            format!("w:a\nb:{row}:{id}"),
+            "l:".to_string() + &"0".repeat(300),
+        ] {
+            assert!(SnapshotKey::try_from(bad.clone()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_whole_snapshot_reads_as_a_last_page() {
+        let snap = Snapshot { cursor: 9, cursor_tag: Some("t".into()), ops: vec![] };
+        let page: SnapshotPage = serde_json::from_value(serde_json::to_value(&snap).unwrap()).unwrap();
+        assert_eq!((page.cursor, page.cursor_tag.as_deref(), page.next), (Some(9), Some("t"), None));
+    }
 }

@@ -14,13 +14,13 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::io::Read;
 use tillsync_core::change::lane_for;
-use tillsync_core::wire::{Entry, PullResponse, PushRequest, Snapshot};
+use tillsync_core::wire::{Entry, PullResponse, PushRequest, SnapshotPage};
 use tillsync_core::{IdGen, Schema};
 use tillsync_hub::DeviceAuth;
 use tillsync_hub::app::{decode_json, decode_zstd};
 use tillsync_hub::sqlite::{other_origins, split_scope, validate};
 use tillsync_node::client::decode_answer;
-use tillsync_node::sync::{apply_snapshot, page_ops};
+use tillsync_node::sync::{Bootstrap, decode_page, page_ops};
 use tillsync_store::{Identity, Store};
 use uuid::Uuid;
 
@@ -149,13 +149,27 @@ pub fn pull_page(data: &[u8]) -> Outcome {
     Ok(())
 }
 
-/// A snapshot as the node decodes it, merged into a fresh till as
-/// `bootstrap` does, then used as a till uses its data.
+/// A snapshot page as the node decodes it (`client::decode_answer`, then
+/// `sync::decode_page`, as the fetch thread runs them), merged into a fresh
+/// till as `bootstrap` does (`Bootstrap::apply_page`: relays, parts with
+/// their progress; `finish` when it is the last page), then used as a till
+/// uses its data. A whole snapshot of an older hub decodes as a last page.
 pub fn snapshot(data: &[u8]) -> Outcome {
     let (zstd, body) = flagged(data)?;
-    let snap: Snapshot = decode_answer(200, zstd, body).map_err(|e| e.to_string())?;
+    let page: SnapshotPage = decode_answer(200, zstd, body).map_err(|e| e.to_string())?;
+    let page = decode_page(page).map_err(|e| e.to_string())?;
     let mut till = fresh_store(OTHER_DEVICE)?;
-    apply_snapshot(&mut till, &snap, NOW_MS).map_err(|e| e.to_string())?;
+    if page.cursor.is_none() {
+        // A later page (no cursor): applied to a till whose bootstrap is
+        // under way, as after its first page.
+        let under_way = tillsync_store::BootProgress { cursor: 1, cursor_tag: None, after: None, done: 0, total: 0 };
+        till.apply_boot_part(&[], &under_way).map_err(|e| e.to_string())?;
+    }
+    let mut boot = Bootstrap::resume(&till).map_err(|e| e.to_string())?;
+    let more = boot.apply_page(&mut till, &page, NOW_MS).map_err(|e| e.to_string())?;
+    if !more {
+        boot.finish(&mut till).map_err(|e| e.to_string())?;
+    }
     exercise(&mut till)
 }
 

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tillsync_core::wire::{EnrolRequest, Event, PushRequest, WIRE_VERSION};
+use tillsync_core::wire::{EnrolRequest, Event, PushRequest, SNAPSHOT_PAGE_LEN_MAX, SnapshotKey, WIRE_VERSION};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
@@ -550,8 +550,35 @@ async fn pull(
     Ok(Json(r).into_response())
 }
 
-async fn snapshot(State(st): State<AppState>, Device(dev): Device) -> Result<Response, HubError> {
-    let r = blocking(move || st.storage.snapshot(&dev)).await?;
+#[derive(Deserialize)]
+struct SnapshotQuery {
+    /// Operations per page; without it (and without `after`) the whole
+    /// snapshot is answered, as tills from before paging ask.
+    #[serde(default)]
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    #[serde(default)]
+    after: Option<SnapshotKey>,
+}
+
+async fn snapshot(
+    State(st): State<AppState>,
+    Device(dev): Device,
+    QueryArgs(q): QueryArgs<SnapshotQuery>,
+) -> Result<Response, HubError> {
+    if q.limit.is_none() && q.after.is_none() {
+        let r = blocking(move || st.storage.snapshot(&dev)).await?;
+        return Ok(Json(r).into_response());
+    }
+    let limit = q.limit.unwrap_or(SNAPSHOT_PAGE_LEN_MAX);
+    if !(1..=SNAPSHOT_PAGE_LEN_MAX).contains(&limit) {
+        return Err(HubError::bad("bad_query", format!("limit must be 1 to {SNAPSHOT_PAGE_LEN_MAX}")));
+    }
+    let after = match &q.after {
+        Some(k) => Some(k.to_state_key().map_err(|e| HubError::bad("bad_query", e.to_string()))?),
+        None => None,
+    };
+    let r = blocking(move || st.storage.snapshot_page(&dev, after.as_ref(), limit)).await?;
     Ok(Json(r).into_response())
 }
 

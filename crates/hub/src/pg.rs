@@ -20,8 +20,8 @@
 
 use crate::HubError;
 use crate::sqlite::{
-    ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, other_origins, sha, split_scope,
-    token_match, validate,
+    ADMIN_TOKEN_PREFIX, DEVICE_TOKEN_PREFIX, PULL_LEN_MAX, PUSH_LEN_MAX, SqliteHub, check_whole_len, other_origins,
+    page_of, sha, split_scope, token_match, validate,
 };
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use postgres::fallible_iterator::FallibleIterator;
@@ -31,11 +31,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tillsync_core::change::hex;
+use tillsync_core::change::{StateKey, hex};
 use tillsync_core::protocol::{LaneLog, PushDecision, decide_push};
 use tillsync_core::wire::{
-    DeviceInfo, Enrolment, Entry, ErrorBody, LaneAck, PullResponse, PushRequest, PushResponse, QuarantineAck, Snapshot,
-    Usage, WireOp,
+    DeviceInfo, Enrolment, Entry, ErrorBody, LaneAck, PullResponse, PushRequest, PushResponse, QuarantineAck,
+    SNAPSHOT_PAGE_LEN_MAX, Snapshot, SnapshotPage, Usage, WireOp,
 };
 use tillsync_core::{Hlc, IdGen, Lane, Op, Schema};
 use tillsync_store::{Identity, Store};
@@ -495,6 +495,7 @@ impl PgHub {
         let mut seed = [0u8; 32];
         self.ids.lock().expect("ids").fill(&mut seed);
         let store = Store::in_memory(identity, self.schema.clone(), IdGen::from_seed(seed))?;
+        store.index_ledger_by_store()?;
         let m = Arc::new(Mutex::new(Merged { store, pos: 0 }));
         map.insert(tenant, m.clone());
         Ok(m)
@@ -1333,11 +1334,40 @@ impl HubStorage for PgHub {
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {
         off_runtime(|| {
             let mut snap = self.with_merged(dev.tenant_id, |store, cursor| {
+                check_whole_len(store.state_len(Some(dev.store_id))?)?;
                 let ops = store.snapshot_ops(Some(dev.store_id))?;
-                Ok(Snapshot { cursor, cursor_tag: None, ops: ops.iter().map(WireOp::from).collect() })
+                Ok(Snapshot { cursor, cursor_tag: None, ops: ops.into_iter().map(WireOp::from).collect() })
             })?;
             snap.cursor_tag = chain_at(&mut *self.conn()?, dev.tenant_id, snap.cursor)?;
             Ok(snap)
+        })
+    }
+
+    fn snapshot_page(
+        &self,
+        dev: &DeviceAuth,
+        after: Option<&StateKey>,
+        limit_len: usize,
+    ) -> Result<SnapshotPage, HubError> {
+        let limit = limit_len.clamp(1, SNAPSHOT_PAGE_LEN_MAX);
+        off_runtime(|| {
+            // The merged state is caught up to the committed end of the log
+            // and held locked while the page is read: the first page and its
+            // cursor are one state. Later pages read a later state (see
+            // ARCHITECTURE.md on why that loses nothing).
+            let mut page = self.with_merged(dev.tenant_id, |store, cursor| {
+                let mut page = SnapshotPage::default();
+                if after.is_none() {
+                    page.cursor = Some(cursor);
+                    page.total = Some(store.state_len(Some(dev.store_id))?);
+                }
+                let ops = store.state_ops(Some(dev.store_id), after, None, limit)?;
+                Ok(page_of(page, ops, limit))
+            })?;
+            if let Some(cursor) = page.cursor {
+                page.cursor_tag = chain_at(&mut *self.conn()?, dev.tenant_id, cursor)?;
+            }
+            Ok(page)
         })
     }
 

@@ -13,11 +13,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tillsync_core::change::hex;
+use tillsync_core::change::{StateKey, hex};
 use tillsync_core::protocol::{LaneLog, PushDecision, decide_push};
 use tillsync_core::schema::{Kind, Scope};
 use tillsync_core::wire::{
-    DeviceInfo, Enrolment, Entry, ErrorBody, LaneAck, PullResponse, PushRequest, PushResponse, Snapshot, Usage, WireOp,
+    DeviceInfo, Enrolment, Entry, ErrorBody, LaneAck, PullResponse, PushRequest, PushResponse, SNAPSHOT_PAGE_LEN_MAX,
+    SNAPSHOT_WHOLE_LEN_MAX, Snapshot, SnapshotKey, SnapshotPage, Usage, WireOp,
 };
 use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
 use tillsync_store::{Identity, Store};
@@ -235,6 +236,9 @@ impl SqliteHub {
             Store::create(&dir, identity, self.schema.clone(), seed)?
         };
         store.connection().execute_batch(TENANT_SQL)?;
+        // Snapshot pages read one store's ledger rows by id among every
+        // store's (built once on a tenant file from before paging).
+        store.index_ledger_by_store()?;
         // Tenant files made before the log chain existed get its column.
         let has_chain: bool = store
             .connection()
@@ -963,17 +967,35 @@ impl HubStorage for SqliteHub {
         let t = self.tenant(dev.tenant_id)?;
         let store = t.lock().expect("tenant");
         // The lock keeps writers out, so the cursor and the state match.
-        // The highest position ever assigned (AUTOINCREMENT keeps it even
-        // when compaction emptied the log).
-        let cursor: i64 = store.connection().query_row(
-            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'hub_log'), 0)",
-            [],
-            |r| r.get(0),
-        )?;
+        let cursor = Self::snapshot_cursor(&store)?;
+        check_whole_len(store.state_len(Some(dev.store_id))?)?;
         let ops = store.snapshot_ops(Some(dev.store_id))?;
         // The newest chain is the chain at the highest assigned position.
         let cursor_tag = state_get(store.connection(), "chain")?;
-        Ok(Snapshot { cursor: cursor as u64, cursor_tag, ops: ops.iter().map(WireOp::from).collect() })
+        Ok(Snapshot { cursor, cursor_tag, ops: ops.into_iter().map(WireOp::from).collect() })
+    }
+
+    fn snapshot_page(
+        &self,
+        dev: &DeviceAuth,
+        after: Option<&StateKey>,
+        limit_len: usize,
+    ) -> Result<SnapshotPage, HubError> {
+        let limit = limit_len.clamp(1, SNAPSHOT_PAGE_LEN_MAX);
+        let t = self.tenant(dev.tenant_id)?;
+        let store = t.lock().expect("tenant");
+        let mut page = SnapshotPage::default();
+        if after.is_none() {
+            // The first page: the tenant lock keeps writers out, so the
+            // cursor, its chain and this page are one consistent read (see
+            // ARCHITECTURE.md on why later pages may be read later).
+            page.cursor = Some(Self::snapshot_cursor(&store)?);
+            page.cursor_tag = state_get(store.connection(), "chain")?;
+            page.total = Some(store.state_len(Some(dev.store_id))?);
+        }
+        let ops = store.state_ops(Some(dev.store_id), after, None, limit)?;
+        drop(store);
+        Ok(page_of(page, ops, limit))
     }
 
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError> {
@@ -1056,5 +1078,59 @@ impl HubStorage for SqliteHub {
         let t = self.tenant(tenant)?;
         let s = t.lock().expect("tenant");
         Ok(s.digests_for(Some(store))?.0)
+    }
+}
+
+impl SqliteHub {
+    /// The cursor a snapshot matches: the highest position ever assigned
+    /// (AUTOINCREMENT keeps it even when compaction emptied the log).
+    fn snapshot_cursor(store: &Store) -> Result<u64, HubError> {
+        let cursor: i64 = store.connection().query_row(
+            "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'hub_log'), 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(cursor as u64)
+    }
+}
+
+/// Refuses a whole snapshot (a till from before paging) past
+/// [`SNAPSHOT_WHOLE_LEN_MAX`] operations: building it would take memory in
+/// proportion to the store, on the hub and on the till.
+pub(crate) fn check_whole_len(len: u64) -> Result<(), HubError> {
+    if len > SNAPSHOT_WHOLE_LEN_MAX {
+        return Err(HubError::bad(
+            "snapshot_too_large",
+            format!(
+                "this store's snapshot holds {len} operations, more than {SNAPSHOT_WHOLE_LEN_MAX} in one answer: page it with GET /v1/snapshot?limit=N (at most {SNAPSHOT_PAGE_LEN_MAX}) and &after=NEXT (update this till)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Finishes a snapshot page: a full page names the key to continue after.
+pub(crate) fn page_of(mut page: SnapshotPage, ops: Vec<Op>, limit: usize) -> SnapshotPage {
+    if ops.len() == limit {
+        page.next = ops.last().map(|o| SnapshotKey::from(&o.state_key()));
+    }
+    page.ops = ops.into_iter().map(WireOp::from).collect();
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_snapshot_past_its_limit_is_refused_with_a_code_that_says_page() {
+        assert!(check_whole_len(SNAPSHOT_WHOLE_LEN_MAX).is_ok());
+        match check_whole_len(SNAPSHOT_WHOLE_LEN_MAX + 1) {
+            Err(HubError::BadRequest { code, message, .. }) => {
+                assert_eq!(code, "snapshot_too_large");
+                assert!(message.contains("limit=N"), "{message}");
+            }
+            other => panic!("not refused: {other:?}"),
+        }
     }
 }

@@ -4,7 +4,10 @@
 
 use crate::HubError;
 use std::sync::Arc;
-use tillsync_core::wire::{DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, Snapshot, Usage};
+use tillsync_core::change::StateKey;
+use tillsync_core::wire::{
+    DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, Snapshot, SnapshotPage, Usage,
+};
 use uuid::Uuid;
 
 /// An authenticated device.
@@ -70,8 +73,21 @@ pub trait HubStorage: Send + Sync + 'static {
         let _ = tag;
         self.pull(dev, after, limit_len, now_ms)
     }
-    /// The merged state of the device's scope and the cursor it matches.
+    /// The merged state of the device's scope and the cursor it matches,
+    /// whole (tills from before paging); refused as `snapshot_too_large`
+    /// past `SNAPSHOT_WHOLE_LEN_MAX` operations.
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError>;
+    /// One page of the merged state of the device's scope: at most
+    /// `limit_len` (clamped to `SNAPSHOT_PAGE_LEN_MAX`) operations after
+    /// `after` in the order of [`StateKey`], read by key range without
+    /// loading the rest. The first page (`after` none) carries the pull
+    /// cursor, taken in the same transaction as that page, and the total.
+    fn snapshot_page(
+        &self,
+        dev: &DeviceAuth,
+        after: Option<&StateKey>,
+        limit_len: usize,
+    ) -> Result<SnapshotPage, HubError>;
     /// Devices of a tenant.
     fn devices(&self, tenant: Uuid) -> Result<Vec<DeviceInfo>, HubError>;
     /// Gives an active device a new token (only its hash is stored). The

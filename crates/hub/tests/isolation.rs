@@ -25,7 +25,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tillsync_core::domain::{Method as PayMethod, PaymentInput};
 use tillsync_core::schema::tables;
 use tillsync_core::wire::{
-    DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, Snapshot, Usage, WireChange, WireOp,
+    DeviceInfo, Enrolment, PullResponse, PushRequest, PushResponse, SNAPSHOT_PAGE_LEN_MAX, Snapshot, SnapshotPage,
+    Usage, WireChange, WireOp,
 };
 use tillsync_core::{IdGen, Lane, Op, Schema, derived_id};
 use tillsync_hub::app::HEALTH_BODY;
@@ -1375,6 +1376,96 @@ async fn every_route_times_every_caller(backend: Backend) {
 // Content: what each device pulls and bootstraps
 // ---------------------------------------------------------------------------
 
+fn op_id(op: &WireOp) -> String {
+    match op {
+        WireOp::Write { id, .. } => id.clone(),
+        WireOp::Insert { id, .. } => id.to_string(),
+    }
+}
+
+/// Every page of a paged snapshot (`limit` operations each), over HTTP.
+async fn snapshot_pages(router: &Router, token: &str, limit: usize) -> (Vec<SnapshotPage>, Seen) {
+    let mut pages = vec![];
+    let mut seen = Seen::default();
+    let mut path = format!("/v1/snapshot?limit={limit}");
+    for _ in 0..10_000 {
+        let r = get(router, &path, token).await;
+        r.ok();
+        seen.text.push_str(&r.text());
+        let page: SnapshotPage = r.typed();
+        seen.ops.extend(page.ops.iter().cloned());
+        let next = page.next.clone();
+        pages.push(page);
+        match next {
+            Some(k) => path = format!("/v1/snapshot?limit={limit}&after={}", k.as_str()),
+            None => return (pages, seen),
+        }
+    }
+    panic!("the snapshot never ended");
+}
+
+/// A paged snapshot covers every operation of the caller's scope exactly
+/// once (the same set as the whole snapshot), nothing of another store or
+/// tenant; only the first page carries the cursor; no page is longer than
+/// asked, and a page longer than `SNAPSHOT_PAGE_LEN_MAX` is refused.
+async fn snapshot_pages_cover_the_scope_once(backend: Backend) {
+    let mut w = World::new(backend, 29).await;
+    w.sell_and_push("a1b", "MUFFIN-BB").await;
+    w.sell_and_push("a2", "COOKIE").await;
+    for name in ["a1", "a1b", "a2", "b1"] {
+        let (e, token) = {
+            let d = w.dev(name);
+            (d.e.clone(), d.e.token.clone())
+        };
+        let whole: Snapshot = {
+            let r = get(&w.router, "/v1/snapshot", &token).await;
+            r.ok();
+            r.typed()
+        };
+        for limit in [1, 7, SNAPSHOT_PAGE_LEN_MAX] {
+            let (pages, seen) = snapshot_pages(&w.router, &token, limit).await;
+            let what = format!("{name}'s snapshot in pages of {limit}");
+            w.assert_scope(&what, &e, &seen, false);
+            let ids: Vec<String> = seen.ops.iter().map(op_id).collect();
+            let unique: BTreeSet<&String> = ids.iter().collect();
+            assert_eq!(unique.len(), ids.len(), "{what}: an operation came twice");
+            let expected: BTreeSet<String> = whole.ops.iter().map(op_id).collect();
+            assert_eq!(unique.into_iter().cloned().collect::<BTreeSet<_>>(), expected, "{what}: not the whole scope");
+            assert!(pages.iter().all(|p| p.ops.len() <= limit), "{what}: a page longer than asked");
+            assert_eq!(pages[0].cursor, Some(whole.cursor), "{what}: the first page's cursor");
+            assert_eq!(pages[0].total, Some(whole.ops.len() as u64), "{what}: the first page's total");
+            assert!(pages[1..].iter().all(|p| p.cursor.is_none()), "{what}: a later page carries a cursor");
+            if limit == 1 {
+                assert_eq!(pages.len(), whole.ops.len() + 1, "{what}: one page per operation, then an empty last one");
+            }
+        }
+    }
+    let token = w.a1.token().to_string();
+    let over = get(&w.router, &format!("/v1/snapshot?limit={}", SNAPSHOT_PAGE_LEN_MAX + 1), &token).await;
+    over.expect(400, "bad_query");
+    get(&w.router, "/v1/snapshot?limit=0", &token).await.expect(400, "bad_query");
+    for bad in ["x", "l:not-a-uuid", "w:products:nope:0000000000000001-00000000000000000000000000000000", "w::"] {
+        let r = get(&w.router, &format!("/v1/snapshot?limit=5&after={bad}"), &token).await;
+        r.expect(400, "bad_query");
+    }
+    // Another tenant's key leads nowhere outside the caller's scope: keys
+    // are positions, the scope still comes from the token.
+    let (_, b1_seen) = snapshot_pages(&w.router, w.b1.token(), 1_000).await;
+    let b1_key = b1_seen.ops.iter().find_map(|o| match o {
+        WireOp::Insert { id, .. } => Some(format!("l:{id}")),
+        _ => None,
+    });
+    let r = get(&w.router, &format!("/v1/snapshot?limit=1000&after={}", b1_key.unwrap()), &token).await;
+    r.ok();
+    let page: SnapshotPage = r.typed();
+    let a1 = w.a1.e.clone();
+    for op in &page.ops {
+        if let WireOp::Insert { store, .. } = op {
+            assert_eq!(*store, a1.store_id, "a page after another tenant's key holds another store's row");
+        }
+    }
+}
+
 async fn pull_and_snapshot_hold_only_the_callers_scope(backend: Backend) {
     let mut w = World::new(backend, 23).await;
     // A second sale in A1 and A2, so each store has rows from two devices.
@@ -1924,6 +2015,7 @@ on_every_backend!(
     a_card_number_from_a_till_is_quarantined_and_kept_masked,
     every_route_times_every_caller,
     pull_and_snapshot_hold_only_the_callers_scope,
+    snapshot_pages_cover_the_scope_once,
     forged_rows_are_quarantined_and_never_seen,
     events_reach_only_the_store_and_tenant_of_the_change,
     zstd_pushes_are_accepted,

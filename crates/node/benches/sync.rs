@@ -265,6 +265,11 @@ fn proc_mem(pid: &str) -> Mem {
     Mem { rss: field("VmRSS:"), hwm: field("VmHWM:") }
 }
 
+/// Resets a process's VmHWM to its current RSS (`clear_refs` 5, Linux).
+fn reset_hwm(pid: &str) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
 /// User + system CPU seconds of a process (clock ticks of 1/100 s).
 fn proc_cpu(pid: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -1069,7 +1074,11 @@ struct Boot {
     down: u64,
     hub_hwm_before: u64,
     hub_hwm_after: u64,
+    bench_rss_before: u64,
     bench_hwm: u64,
+    /// CPU seconds of the hub process and of this process (the till).
+    hub_cpu: f64,
+    till_cpu: f64,
     snapshot_zstd: u64,
     snapshot_json: u64,
 }
@@ -1077,6 +1086,8 @@ struct Boot {
 struct BootBase {
     vacuum_s: f64,
     zstd_s: f64,
+    /// CPU seconds of the baseline (this process, otherwise idle meanwhile).
+    cpu_s: f64,
     db_bytes: u64,
     zstd_bytes: u64,
 }
@@ -1316,7 +1327,14 @@ async fn snapshot_size(url: &str, token: &str) -> (u64, u64) {
 async fn bootstrap_rep(dir: &Path, proc: &HubProc, code: &str, rep: usize) -> Boot {
     let (url, up, down) = counting_proxy(proc.addr()).await;
     let till_dir = dir.join(format!("boot-till-{rep}"));
+    // Peak memory of this bootstrap alone: reset both processes' VmHWM to
+    // their current RSS (the bench process pre-loaded the hub in-process
+    // and keeps some of that memory).
+    reset_hwm("self");
+    reset_hwm(&proc.pid());
     let hub_hwm_before = proc.mem().hwm;
+    let bench_rss_before = proc_mem("self").rss;
+    let (hub_cpu0, till_cpu0) = (proc.cpu(), proc_cpu("self"));
     let t = Instant::now();
     let r =
         enrol_and_bootstrap(&till_dir, &url, code, &format!("boot {rep}"), &opts(), IdGen::from_u64(70 + rep as u64))
@@ -1330,7 +1348,10 @@ async fn bootstrap_rep(dir: &Path, proc: &HubProc, code: &str, rep: usize) -> Bo
         down: down.load(Ordering::Relaxed),
         hub_hwm_before,
         hub_hwm_after: proc.mem().hwm,
+        bench_rss_before,
         bench_hwm: proc_mem("self").hwm,
+        hub_cpu: proc.cpu() - hub_cpu0,
+        till_cpu: proc_cpu("self") - till_cpu0,
         snapshot_zstd: 0,
         snapshot_json: 0,
     };
@@ -1347,6 +1368,7 @@ fn bootstrap_baseline(dir: &Path, hub_dir: &Path, tenant: Uuid) -> BootBase {
     let db = hub_dir.join("tenants").join(tenant.to_string()).join(tillsync_store::DB_FILE);
     let out = dir.join("vacuum.db");
     let _ = std::fs::remove_file(&out);
+    let cpu0 = proc_cpu("self");
     let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("tenant db");
     let t = Instant::now();
     conn.execute("VACUUM INTO ?1", [out.display().to_string()]).expect("vacuum into");
@@ -1366,7 +1388,7 @@ fn bootstrap_baseline(dir: &Path, hub_dir: &Path, tenant: Uuid) -> BootBase {
     let zstd_bytes = std::fs::metadata(&zpath).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&zpath);
-    BootBase { vacuum_s, zstd_s, db_bytes, zstd_bytes }
+    BootBase { vacuum_s, zstd_s, cpu_s: proc_cpu("self") - cpu0, db_bytes, zstd_bytes }
 }
 
 async fn pull_and_bootstrap(cfg: &Config, root: &Path, out: &mut String) {
@@ -1490,7 +1512,7 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
         "### 4. Bootstrap: `enrol_and_bootstrap` of a fresh till on a hub holding {} ledger rows in its store\n\n",
         cfg.rows
     );
-    s += "| run | result | s | bytes to till | bytes to hub | hub VmHWM MB (before -> after) | bench VmHWM MB | baseline VACUUM INTO s | baseline zstd -3 s | baseline db bytes | baseline zstd bytes |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+    s += "| run | result | s | bytes to till | bytes to hub | hub VmHWM MB (reset to RSS before -> after) | till (bench process) VmRSS before -> VmHWM after, MB | CPU s hub / till | baseline VACUUM INTO s | baseline zstd -3 s | baseline db bytes | baseline zstd bytes |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (i, (b, base)) in boots.iter().zip(bases).enumerate() {
         let result = match &b.ok {
             Ok(()) => "ok".to_string(),
@@ -1501,7 +1523,7 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
             ),
         };
         s += &format!(
-            "| {} | {} | {:.2} | {} | {} | {} -> {} | {} | {:.2} | {:.2} | {} | {} |\n",
+            "| {} | {} | {:.2} | {} | {} | {} -> {} | {} -> {} | {:.1} / {:.1} | {:.2} | {:.2} | {} | {} |\n",
             i + 1,
             result,
             b.secs,
@@ -1509,7 +1531,10 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
             fmt_num(b.up as f64),
             fmt_num(mb(b.hub_hwm_before)),
             fmt_num(mb(b.hub_hwm_after)),
+            fmt_num(mb(b.bench_rss_before)),
             fmt_num(mb(b.bench_hwm)),
+            b.hub_cpu,
+            b.till_cpu,
             base.vacuum_s,
             base.zstd_s,
             fmt_num(base.db_bytes as f64),
@@ -1529,6 +1554,18 @@ fn report_bootstrap(cfg: &Config, boots: &[Boot], bases: &[BootBase]) -> String 
         let rb = median(&by) / median(&bb);
         s +=
             &format!("| time, s | {:.2} | {:.2} | {:.2} | <= 2x | {} |\n", median(&t), median(&bt), rt, yes(rt <= 2.0));
+        // CPU moves much less than wall time on this shared machine.
+        let tc: Vec<f64> = ok.iter().map(|(b, _)| b.till_cpu).collect();
+        let hc: Vec<f64> = ok.iter().map(|(b, _)| b.hub_cpu).collect();
+        let bc: Vec<f64> = ok.iter().map(|(_, x)| x.cpu_s).collect();
+        s += &format!(
+            "| CPU s: till (apply + fetch thread), hub; baseline | {:.1} till, {:.1} hub | {:.1} | till {:.2}, till + hub {:.2} | - | - |\n",
+            median(&tc),
+            median(&hc),
+            median(&bc),
+            median(&tc) / median(&bc),
+            (median(&tc) + median(&hc)) / median(&bc)
+        );
         s += &format!(
             "| bytes on the wire | {} | {} | {:.2} | <= 2x | {} |\n",
             fmt_num(median(&by)),

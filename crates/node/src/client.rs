@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tillsync_core::wire::{
-    DeviceInfo, EnrolRequest, Enrolment, ErrorBody, PullResponse, PushRequest, PushResponse, Snapshot, Usage,
+    DeviceInfo, EnrolRequest, Enrolment, ErrorBody, PullResponse, PushRequest, PushResponse, SNAPSHOT_PAGE_LEN_MAX,
+    Snapshot, SnapshotKey, SnapshotPage, Usage,
 };
 
 /// How to reach a hub.
@@ -22,6 +23,9 @@ pub struct ClientOptions {
     pub insecure: bool,
     /// Per-request timeout.
     pub timeout_ms: u64,
+    /// Operations asked per snapshot page during a bootstrap (0: the
+    /// hub's maximum, `SNAPSHOT_PAGE_LEN_MAX`).
+    pub snapshot_page_len: usize,
 }
 
 /// A hub client.
@@ -30,6 +34,7 @@ pub struct HubClient {
     base: String,
     http: reqwest::Client,
     token: Option<String>,
+    opts: ClientOptions,
 }
 
 /// Requests above this size are sent zstd-compressed, in bytes.
@@ -144,12 +149,27 @@ impl HubClient {
             .pool_idle_timeout(Duration::from_millis(POOL_IDLE_MS))
             .build()
             .map_err(|e| SyncError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HubClient { base: url.to_string(), http, token })
+        Ok(HubClient { base: url.to_string(), http, token, opts: opts.clone() })
     }
 
     /// The hub's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Another client for the same hub and token with a connection pool of
+    /// its own: the bootstrap's fetch thread drives it on a runtime of its
+    /// own, and connections must not move between runtimes.
+    pub fn fresh(&self) -> Result<HubClient, SyncError> {
+        HubClient::new(&self.base, self.token.clone(), &self.opts)
+    }
+
+    /// Operations asked per snapshot page.
+    pub fn snapshot_page_len(&self) -> usize {
+        match self.opts.snapshot_page_len {
+            0 => SNAPSHOT_PAGE_LEN_MAX,
+            n => n.min(SNAPSHOT_PAGE_LEN_MAX),
+        }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -318,9 +338,20 @@ impl HubClient {
         self.send(req).await
     }
 
-    /// The merged state of this device's scope.
+    /// The merged state of this device's scope, whole (what tills asked
+    /// before paging; the hub refuses it for a large store).
     pub async fn snapshot(&self) -> Result<Snapshot, SyncError> {
         self.send(self.request(reqwest::Method::GET, "/v1/snapshot")).await
+    }
+
+    /// One page of the merged state of this device's scope, after `after`
+    /// (none: the first page, which carries the pull cursor).
+    pub async fn snapshot_page(&self, after: Option<&SnapshotKey>, limit: usize) -> Result<SnapshotPage, SyncError> {
+        let mut req = self.request(reqwest::Method::GET, "/v1/snapshot").query(&[("limit", limit as u64)]);
+        if let Some(after) = after {
+            req = req.query(&[("after", after.as_str())]);
+        }
+        self.send(req).await
     }
 
     /// The hub's state digest of this device's store.

@@ -60,6 +60,9 @@ pub struct SyncConfig {
     pub debounce_ms: u64,
     /// Longest one request to the hub may take.
     pub request_timeout_ms: u64,
+    /// Operations per snapshot page while bootstrapping (at most the hub's
+    /// 5000; smaller pages cost more round trips and less memory).
+    pub snapshot_page_len: usize,
 }
 
 /// What the network may be used for.
@@ -84,6 +87,7 @@ impl Default for SyncConfig {
             probe_timeout_ms: 2_000,
             debounce_ms: 200,
             request_timeout_ms: 30_000,
+            snapshot_page_len: tillsync_core::wire::SNAPSHOT_PAGE_LEN_MAX,
         }
     }
 }
@@ -152,6 +156,7 @@ impl Config {
             "sync.probe_timeout_ms",
             "sync.debounce_ms",
             "sync.request_timeout_ms",
+            "sync.snapshot_page_len",
             "network.metered",
             "network.metered_lanes",
             "backup.destination",
@@ -177,6 +182,7 @@ impl Config {
             "sync.probe_timeout_ms" => s.probe_timeout_ms.to_string(),
             "sync.debounce_ms" => s.debounce_ms.to_string(),
             "sync.request_timeout_ms" => s.request_timeout_ms.to_string(),
+            "sync.snapshot_page_len" => s.snapshot_page_len.to_string(),
             "network.metered" => self.network.metered.clone(),
             "network.metered_lanes" => self.network.metered_lanes.join(","),
             "backup.destination" => self.backup.destination.clone(),
@@ -205,6 +211,7 @@ impl Config {
             "sync.probe_timeout_ms" => s.probe_timeout_ms = num()?,
             "sync.debounce_ms" => s.debounce_ms = num()?,
             "sync.request_timeout_ms" => s.request_timeout_ms = num()?,
+            "sync.snapshot_page_len" => s.snapshot_page_len = num()?.min(usize::MAX as u64) as usize,
             "network.metered" => self.network.metered = value.trim().to_string(),
             "network.metered_lanes" => {
                 self.network.metered_lanes =
@@ -252,6 +259,13 @@ impl Config {
         }
         if !(500..=600_000).contains(&s.request_timeout_ms) {
             return bad("sync.request_timeout_ms", s.request_timeout_ms.to_string(), "between 500 ms and 10 min");
+        }
+        if !(1..=tillsync_core::wire::SNAPSHOT_PAGE_LEN_MAX).contains(&s.snapshot_page_len) {
+            return bad(
+                "sync.snapshot_page_len",
+                s.snapshot_page_len.to_string(),
+                &format!("between 1 and {}", tillsync_core::wire::SNAPSHOT_PAGE_LEN_MAX),
+            );
         }
         if s.debounce_ms > 60_000 {
             return bad("sync.debounce_ms", s.debounce_ms.to_string(), "at most 60000");

@@ -334,6 +334,257 @@ fn observer(tenant: uuid::Uuid, store: uuid::Uuid) -> tillsync_hub::DeviceAuth {
     tillsync_hub::DeviceAuth { device_id: uuid::Uuid::from_u128(0x0b5e), tenant_id: tenant, store_id: store }
 }
 
+// ---------------------------------------------------------------------------
+// Paged bootstrap
+// ---------------------------------------------------------------------------
+
+/// Called before each `GET /v1/snapshot` with its number (from 0) and its
+/// query; answering false makes the hub answer 503 instead.
+type SnapshotHook = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
+
+/// The hub's router on a new port, with `hook` run (on the blocking pool)
+/// before each snapshot request; the queries seen are recorded.
+async fn serve_hooked(
+    storage: Arc<dyn HubStorage>,
+    hook: SnapshotHook,
+) -> (String, tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::response::IntoResponse;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    let router = app(AppState::new(storage)).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let (hook, log) = (hook.clone(), log.clone());
+            async move {
+                if req.uri().path() == "/v1/snapshot" {
+                    let q = req.uri().query().unwrap_or("").to_string();
+                    let n = {
+                        let mut l = log.lock().unwrap();
+                        l.push(q.clone());
+                        l.len() - 1
+                    };
+                    if !tokio::task::spawn_blocking(move || hook(n, &q)).await.unwrap() {
+                        let body = serde_json::json!({"code": "unavailable", "message": "injected by the test"});
+                        return (axum::http::StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+                    }
+                }
+                next.run(req).await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (url, server, seen)
+}
+
+/// Snapshot pages this small make the sample catalogue alone dozens of pages.
+const SMALL_PAGE_LEN: usize = 7;
+
+async fn paged_till(h: &Hub, url: &str, dir: &Path, n: u64) -> Result<Store, tillsync_node::SyncError> {
+    let (code, _) = h.hub.create_enrol_code(h.tenant, h.store, now(), 60_000).unwrap();
+    let opts = ClientOptions { snapshot_page_len: SMALL_PAGE_LEN, ..ClientOptions::default() };
+    enrol_and_bootstrap(dir, url, &code, &format!("till {n}"), &opts, IdGen::from_u64(100 + n)).await
+}
+
+/// A's changes not yet pushed, one push request each, in sequence order per lane.
+fn pending_one_by_one(a: &Store) -> std::collections::VecDeque<tillsync_core::wire::PushRequest> {
+    let mut out = std::collections::VecDeque::new();
+    for lane in Lane::ALL {
+        for p in a.pending_changes(lane, 10_000).unwrap() {
+            out.push_back(tillsync_core::wire::PushRequest {
+                device_time_ms: now(),
+                changes: vec![tillsync_core::wire::WireChange::from_change(&p.change, p.digest)],
+                ..Default::default()
+            });
+        }
+    }
+    out
+}
+
+fn device_auth(hub: &dyn HubStorage, dir: &Path) -> tillsync_hub::DeviceAuth {
+    match hub.authenticate(&tillsync_node::sync::load_token(dir).unwrap()).unwrap() {
+        tillsync_hub::Caller::Device(d) => d,
+        other => panic!("not a device: {other:?}"),
+    }
+}
+
+async fn a_bootstrap_in_many_pages_matches_the_hub(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(backend, &tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    for _ in 0..5 {
+        sell(&mut a);
+    }
+    sync(&da, &mut a).await;
+    let (url, server, seen) = serve_hooked(h.hub.clone(), Arc::new(|_, _| true)).await;
+    let db = tmp.path().join("b");
+    let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
+    let queries = seen.lock().unwrap().clone();
+    let ops = h.hub.snapshot(&device_auth(&*h.hub, &db)).unwrap().ops.len();
+    assert_eq!(queries.len(), ops / SMALL_PAGE_LEN + 1, "one request per page: {queries:?}");
+    assert!(queries.len() > 20, "many pages: {}", queries.len());
+    assert!(queries[0] == format!("limit={SMALL_PAGE_LEN}") && queries[1..].iter().all(|q| q.contains("after=")));
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    assert_eq!(b.sales_count().unwrap(), 5);
+    assert_eq!(b.boot_progress().unwrap(), None, "the bootstrap is recorded as complete");
+    assert_eq!(b.get_meta("bootstrap").unwrap().as_deref(), Some("complete"));
+    assert_eq!(b.get_meta("progress").unwrap(), Some(format!("{ops}/{ops}")), "progress counted every operation");
+    // The cursor is the hub's: the next round pulls nothing new.
+    let r = sync(&db, &mut b).await;
+    assert_eq!((r.pulled, r.rebootstrapped), (0, false));
+    server.abort();
+    h.server.abort();
+}
+
+async fn writes_between_pages_are_not_lost(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(backend, &tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    // A sells and changes a price; its changes reach the hub one at a time
+    // between snapshot pages of B's bootstrap, once B's pages have passed
+    // every record write (`after` is a ledger key): the price change lands
+    // in a key range B has passed, which only the pull from the first
+    // page's cursor brings. The price change goes first.
+    for _ in 0..6 {
+        sell(&mut a);
+    }
+    a.update_product(now(), "LATTE", &ProductFields { price_minor: Some(455), ..Default::default() }).unwrap();
+    let mut queue = pending_one_by_one(&a);
+    queue.make_contiguous().sort_by_key(|r| r.changes[0].lane != Lane::Catalog);
+    assert_eq!(queue[0].changes[0].lane, Lane::Catalog);
+    let pushes = std::sync::Mutex::new(queue);
+    let pushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (hub, auth, count) = (h.hub.clone(), device_auth(&*h.hub, &da), pushed.clone());
+    let hook: SnapshotHook = Arc::new(move |_, q| {
+        if q.contains("after=l%3A")
+            && let Some(req) = pushes.lock().unwrap().pop_front()
+        {
+            let (resp, _) = hub.push(&auth, &req, now()).unwrap();
+            assert!(resp.lanes.values().all(|l| l.error.is_none() && l.quarantined.is_empty()), "{resp:?}");
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        true
+    });
+    let (url, server, _) = serve_hooked(h.hub.clone(), hook).await;
+    let db = tmp.path().join("b");
+    let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
+    assert!(pushed.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the price change and a sale landed between pages");
+    assert_ne!(b.product("LATTE").unwrap().price_minor, 455, "the price change came after its range was passed");
+    // The pull from the first page's cursor brings what the passed pages missed.
+    let r = sync(&db, &mut b).await;
+    assert!(!r.rebootstrapped);
+    assert_eq!(b.sales_count().unwrap(), 6);
+    assert_eq!(b.product("LATTE").unwrap().price_minor, 455);
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    // A pushes what the hub has: acknowledged as duplicates, nothing twice.
+    sync(&da, &mut a).await;
+    assert_eq!(a.pending().unwrap().values().sum::<i64>(), 0);
+    sync(&db, &mut b).await;
+    assert_eq!(b.sales_count().unwrap(), 6);
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    server.abort();
+    h.server.abort();
+}
+
+async fn a_compaction_between_pages_loses_nothing(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(backend, &tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    for _ in 0..3 {
+        sell(&mut a);
+    }
+    a.update_product(now(), "LATTE", &ProductFields { price_minor: Some(430), ..Default::default() }).unwrap();
+    let pushes = std::sync::Mutex::new(pending_one_by_one(&a));
+    // Pages 3.. each get one of A's changes; page 8 first compacts the whole
+    // log, so B's cursor (from page 1) falls behind the horizon.
+    let (hub, auth, tenant) = (h.hub.clone(), device_auth(&*h.hub, &da), h.tenant);
+    let hook: SnapshotHook = Arc::new(move |n, _| {
+        if n == 8 {
+            hub.compact(tenant, 0).unwrap();
+        }
+        if n >= 3
+            && let Some(req) = pushes.lock().unwrap().pop_front()
+        {
+            hub.push(&auth, &req, now()).unwrap();
+        }
+        true
+    });
+    let (url, server, _) = serve_hooked(h.hub.clone(), hook).await;
+    let db = tmp.path().join("b");
+    let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
+    // B's cursor is behind the horizon: its next round bootstraps again and
+    // then has every change, including those pushed before the compaction
+    // into key ranges B had already passed.
+    let r = sync(&db, &mut b).await;
+    assert!(r.rebootstrapped, "the cursor from the first page is behind the horizon");
+    assert_eq!(b.sales_count().unwrap(), 3);
+    assert_eq!(b.product("LATTE").unwrap().price_minor, 430);
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    server.abort();
+    h.server.abort();
+}
+
+async fn an_interrupted_bootstrap_resumes_after_its_last_key(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(backend, &tmp.path().join("hub")).await;
+    let da = tmp.path().join("a");
+    let mut a = till(&h, &da, 1).await;
+    for _ in 0..4 {
+        sell(&mut a);
+    }
+    sync(&da, &mut a).await;
+    // The 6th snapshot request fails once (the hub or the link went down).
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failed.clone();
+    let hook: SnapshotHook = Arc::new(move |n, _| n != 5 || f.swap(true, std::sync::atomic::Ordering::SeqCst));
+    let (url, server, seen) = serve_hooked(h.hub.clone(), hook).await;
+    let db = tmp.path().join("b");
+    let err = paged_till(&h, &url, &db, 2).await.unwrap_err();
+    assert!(err.to_string().contains("injected"), "{err}");
+    assert!(failed.load(std::sync::atomic::Ordering::SeqCst));
+    // Five pages were applied, each durable with the key it reached.
+    let mut b = Store::open(&db, tillsync_core::Schema::standard(), IdGen::from_u64(202)).unwrap();
+    let progress = b.boot_progress().unwrap().expect("a bootstrap in progress");
+    assert_eq!(progress.done, 5 * SMALL_PAGE_LEN as u64);
+    assert!(progress.after.is_some());
+    assert_eq!(b.pull_cursor().unwrap(), 0, "no cursor before the last page");
+    // The next start resumes after that key with the same page length (set
+    // in the till's config), never from the beginning.
+    std::fs::write(db.join("till.toml"), format!("[sync]\nsnapshot_page_len = {SMALL_PAGE_LEN}\n")).unwrap();
+    let before = seen.lock().unwrap().len();
+    let r = sync(&db, &mut b).await;
+    assert!(!r.rebootstrapped);
+    let queries = seen.lock().unwrap().clone();
+    let key = tillsync_core::wire::SnapshotKey::from(progress.after.as_ref().unwrap());
+    let resumed = &queries[before];
+    let expected: String = url_encode(key.as_str());
+    assert!(resumed.contains(&format!("after={expected}")), "resumed with {resumed}, expected after {key:?}");
+    assert!(queries[before..].iter().all(|q| q.contains("after=")), "started over: {queries:?}");
+    assert_eq!(b.boot_progress().unwrap(), None);
+    assert_eq!(b.sales_count().unwrap(), 4);
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    let cursor = b.pull_cursor().unwrap();
+    assert!(cursor > 0);
+    server.abort();
+    h.server.abort();
+}
+
+/// A query value as reqwest encodes it (form encoding: `:` as `%3A`).
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => (b as char).to_string(),
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Runs each named test on SQLite (`sqlite::NAME`) and PostgreSQL
 /// (`pg::NAME`). Multi-threaded: the PostgreSQL client blocks in place.
 macro_rules! on_every_backend {
@@ -363,4 +614,8 @@ on_every_backend!(
     a_quota_holds_back_the_catalogue_but_never_sales,
     a_till_with_a_bad_clock_is_warned_and_the_hub_sees_the_skew,
     a_copied_folder_is_caught_even_when_the_original_stays_silent,
+    a_bootstrap_in_many_pages_matches_the_hub,
+    writes_between_pages_are_not_lost,
+    a_compaction_between_pages_loses_nothing,
+    an_interrupted_bootstrap_resumes_after_its_last_key,
 );

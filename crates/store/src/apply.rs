@@ -131,6 +131,9 @@ impl Store {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         });
+        // `serde_json::to_string` writes the same compact text as `Display`
+        // without going through a formatter: a bootstrap stores a million.
+        let data = serde_json::to_string(&row.data)?;
         let n = self
             .conn
             .prepare_cached(
@@ -143,7 +146,7 @@ impl Store {
                 row.store.to_string(),
                 row.device.to_string(),
                 row.hlc.0 as i64,
-                row.data.to_string()
+                data
             ])?;
         Ok(n == 1)
     }

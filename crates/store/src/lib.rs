@@ -21,7 +21,7 @@ pub use pos::{
     CountOutcome, LineAdjust, ProductFields, RefundOutcome, SaleAdjustments, SaleOutcome, SaleRequest, compound_bp,
 };
 pub use queries::{Alerts, ConflictRow, LedgerEntry, ProductRow, SaleSummary, Status, StockRow};
-pub use sync::{ImportReport, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
+pub use sync::{BootProgress, ImportReport, PENDING_FORMAT, Pending, PendingFile, QuarantineNote};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;

@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
-use tillsync_core::change::LedgerRow;
+use tillsync_core::change::{LedgerRow, StateKey};
 use tillsync_core::digest::StateDigest;
 use tillsync_core::domain::XReport;
 use tillsync_core::merge::{Conflict, Write};
@@ -550,5 +550,106 @@ impl Store {
             }));
         }
         Ok(out)
+    }
+
+    /// The operations of the state in `store`'s scope (every record write,
+    /// and the ledger rows of `store`, or of every store for `None`) after
+    /// `after` and up to `through` (inclusive), in the order of
+    /// [`StateKey`], at most `limit_len`: a page of a snapshot (the hub)
+    /// or the range a page covered (a till checking what the hub lacks).
+    /// Reads by key ranges of indexes, so a page costs its own rows, not
+    /// the whole state.
+    pub fn state_ops(
+        &self,
+        store: Option<Uuid>,
+        after: Option<&StateKey>,
+        through: Option<&StateKey>,
+        limit_len: usize,
+    ) -> Result<Vec<tillsync_core::Op>, StoreError> {
+        let mut out = Vec::new();
+        let limit = limit_len.min(i64::MAX as usize) as i64;
+        // Record writes come first: skipped when `after` is already a ledger
+        // row. (table, row, id) is the `writes_row` index (a WITHOUT ROWID
+        // table's index ends with its primary key), so this is a range scan.
+        if !matches!(after, Some(StateKey::Ledger { .. })) {
+            let mut sql = String::from("SELECT id, tbl, row_id, field, value, base FROM writes WHERE 1");
+            let mut args: Vec<String> = vec![];
+            if let Some(StateKey::Write { table, row, id }) = after {
+                sql += " AND (tbl, row_id, id) > (?1, ?2, ?3)";
+                args.extend([table.clone(), row.to_string(), id.to_string()]);
+            }
+            if let Some(StateKey::Write { table, row, id }) = through {
+                let n = args.len();
+                sql += &format!(" AND (tbl, row_id, id) <= (?{}, ?{}, ?{})", n + 1, n + 2, n + 3);
+                args.extend([table.clone(), row.to_string(), id.to_string()]);
+            }
+            sql += &format!(" ORDER BY tbl, row_id, id LIMIT {limit}");
+            let mut st = self.conn.prepare_cached(&sql)?;
+            let mut rows = st.query(rusqlite::params_from_iter(args.iter()))?;
+            while let Some(r) = rows.next()? {
+                out.push(tillsync_core::Op::Write(Write {
+                    id: parse_write_id(r.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?)?,
+                    table: r.get(1)?,
+                    row: parse_uuid(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)?,
+                    field: r.get(3)?,
+                    value: parse_json(r.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?)?,
+                    base: serde_json::from_str(r.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?)?,
+                }));
+            }
+        }
+        let room = limit - out.len() as i64;
+        if room <= 0 || matches!(through, Some(StateKey::Write { .. })) {
+            return Ok(out);
+        }
+        let mut sql = String::from("SELECT tbl, id, store_id, device, hlc, data FROM ledger WHERE 1");
+        let mut args: Vec<String> = vec![];
+        if let Some(store) = store {
+            sql += " AND store_id = ?1";
+            args.push(store.to_string());
+        }
+        if let Some(StateKey::Ledger { id }) = after {
+            sql += &format!(" AND id > ?{}", args.len() + 1);
+            args.push(id.to_string());
+        }
+        if let Some(StateKey::Ledger { id }) = through {
+            sql += &format!(" AND id <= ?{}", args.len() + 1);
+            args.push(id.to_string());
+        }
+        sql += &format!(" ORDER BY id LIMIT {room}");
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let mut rows = st.query(rusqlite::params_from_iter(args.iter()))?;
+        while let Some(r) = rows.next()? {
+            out.push(tillsync_core::Op::Insert(LedgerRow {
+                table: r.get(0)?,
+                id: parse_uuid(r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?)?,
+                store: parse_uuid(r.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)?,
+                device: parse_uuid(r.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?)?,
+                hlc: Hlc(r.get::<_, i64>(4)? as u64),
+                data: parse_json(r.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?)?,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// How many operations the state holds in `store`'s scope (see
+    /// [`Store::state_ops`]).
+    pub fn state_len(&self, store: Option<Uuid>) -> Result<u64, StoreError> {
+        let writes: i64 = self.conn.query_row("SELECT count(*) FROM writes", [], |r| r.get(0))?;
+        let ledger: i64 = match store {
+            Some(s) => {
+                self.conn.query_row("SELECT count(*) FROM ledger WHERE store_id = ?1", [s.to_string()], |r| r.get(0))?
+            }
+            None => self.conn.query_row("SELECT count(*) FROM ledger", [], |r| r.get(0))?,
+        };
+        Ok((writes + ledger) as u64)
+    }
+
+    /// Indexes ledger rows by store, for a hub that pages and counts one
+    /// store's rows among many stores' ([`Store::state_ops`],
+    /// [`Store::state_len`]). Tills do not pay for it on every sale: only
+    /// the hub's tenant states call this.
+    pub fn index_ledger_by_store(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("CREATE INDEX IF NOT EXISTS hub_ledger_store ON ledger(store_id, id)")?;
+        Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use crate::{Store, StoreError};
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
+use tillsync_core::change::StateKey;
 use tillsync_core::{Change, Lane, Op};
 
 /// A queued change with the digest it was stored with.
@@ -12,6 +13,20 @@ use tillsync_core::{Change, Lane, Op};
 pub struct Pending {
     pub change: Change,
     pub digest: String,
+}
+
+/// A bootstrap in progress, recorded with every part applied (`meta`
+/// `boot_progress`), so an interrupted one resumes where it stopped.
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
+pub struct BootProgress {
+    /// The pull cursor the first page came with.
+    pub cursor: u64,
+    pub cursor_tag: Option<String>,
+    /// The key of the last operation applied; the next page starts after it.
+    pub after: Option<StateKey>,
+    /// Operations applied, and about how many the snapshot holds.
+    pub done: u64,
+    pub total: u64,
 }
 
 /// A change the hub acknowledged into quarantine.
@@ -99,6 +114,104 @@ impl Store {
             s.meta_set("pull_cursor_tag", tag.unwrap_or(""))?;
             Ok::<_, StoreError>(n)
         })
+    }
+
+    /// The bootstrap in progress, if one was started and not finished.
+    pub fn boot_progress(&self) -> Result<Option<BootProgress>, StoreError> {
+        match self.meta_get("boot_progress")?.filter(|p| !p.is_empty()) {
+            Some(p) => Ok(Some(serde_json::from_str(&p)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Applies one part of a snapshot page and records the bootstrap's
+    /// progress with it, in one transaction. The transaction is committed
+    /// with `synchronous=NORMAL` (no fsync): a part lost in a crash is
+    /// fetched again on resume, since its progress is lost with it, and
+    /// [`Store::finish_bootstrap`]'s synced commit makes every part before
+    /// it durable (the WAL is synced up to it).
+    pub fn apply_boot_part(&mut self, ops: &[Op], progress: &BootProgress) -> Result<usize, StoreError> {
+        let json = serde_json::to_string(progress)?;
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let r = self.transaction(|s| {
+            let n = s.apply_in_transaction(ops)?;
+            s.meta_set("boot_progress", &json)?;
+            s.meta_set("progress", &format!("{}/{}", progress.done, progress.total.max(progress.done)))?;
+            Ok::<_, StoreError>(n)
+        });
+        // Back to FULL whatever happened: every other commit is a sale's.
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        r
+    }
+
+    /// Sets this connection up for a bootstrap's bulk apply, or back to the
+    /// default: the WAL is checkpointed every 64 MiB instead of every 4 MiB.
+    /// Each checkpoint syncs the WAL and the database file (even with
+    /// `synchronous=NORMAL`), and a bootstrap writes about a gigabyte per
+    /// million rows: hundreds of checkpoints otherwise, each waiting on the
+    /// disk. The setting is per connection and never stored, so a crash
+    /// leaves the default.
+    pub fn set_bulk_apply(&mut self, on: bool) -> Result<(), StoreError> {
+        let checkpoint_pages = if on { 16_384 } else { 1_000 };
+        self.conn.pragma_update(None, "wal_autocheckpoint", checkpoint_pages)?;
+        Ok(())
+    }
+
+    /// Ends a bootstrap: one durable (`synchronous=FULL`) commit that moves
+    /// the pull cursor to the snapshot's and records the bootstrap as
+    /// complete.
+    pub fn finish_bootstrap(&mut self, cursor: u64, tag: Option<&str>) -> Result<(), StoreError> {
+        self.transaction(|s| {
+            s.meta_set("pull_cursor", &cursor.to_string())?;
+            s.meta_set("pull_cursor_tag", tag.unwrap_or(""))?;
+            s.meta_set("boot_progress", "")?;
+            s.meta_set("bootstrap", "complete")?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// The ids of every operation waiting in the outbox (all lanes).
+    pub fn pending_op_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let mut out = std::collections::HashSet::new();
+        for lane in Lane::ALL {
+            for p in self.pending_changes(lane, usize::MAX >> 1)? {
+                out.extend(p.change.ops.iter().map(Op::id_text));
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Store::relay_missing`] for one page of a paged snapshot: queues,
+    /// as relays, what this till holds in the key range the page covered
+    /// (after `after`, up to `through`, or to the end for none) that the
+    /// page lacks and `known` (pending or already relayed) does not name.
+    /// The ranges of a snapshot's pages cover the whole order once, so the
+    /// pages together check what `relay_missing` checks at once.
+    pub fn relay_missing_range(
+        &mut self,
+        now_ms: u64,
+        page: &[Op],
+        after: Option<&StateKey>,
+        through: Option<&StateKey>,
+        known: &mut std::collections::HashSet<String>,
+    ) -> Result<u64, StoreError> {
+        let held = self.state_ops(Some(self.identity.store_id), after, through, usize::MAX)?;
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let in_page: std::collections::HashSet<String> = page.iter().map(Op::id_text).collect();
+        let missing: Vec<Op> =
+            held.into_iter().filter(|op| !in_page.contains(&op.id_text()) && !known.contains(&op.id_text())).collect();
+        for chunk in missing.chunks(RELAY_CHANGE_LEN_MAX) {
+            self.write(now_ms, |l| {
+                for op in chunk {
+                    l.relay(op.clone())?;
+                }
+                Ok(())
+            })?;
+        }
+        known.extend(missing.iter().map(Op::id_text));
+        Ok(missing.len() as u64)
     }
 
     /// Records a quarantine note from the hub.

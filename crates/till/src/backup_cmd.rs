@@ -298,7 +298,12 @@ fn restore(
             old.get_meta("hub_url")?.ok_or_else(|| anyhow!("the backup does not say which hub it synced with"))?;
         let pending = old.export_pending()?;
         drop(old);
-        let opts = tillsync_node::ClientOptions { ca_file: tls.ca.clone(), insecure: tls.insecure, timeout_ms: 30_000 };
+        let opts = tillsync_node::ClientOptions {
+            ca_file: tls.ca.clone(),
+            insecure: tls.insecure,
+            timeout_ms: 30_000,
+            ..Default::default()
+        };
         crate::hub_cmd::install_crypto();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let name = format!("{} (restored)", m.device_name);

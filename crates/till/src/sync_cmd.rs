@@ -11,7 +11,7 @@ use tillsync_node::sync::client_for;
 use tillsync_node::{ClientOptions, HubClient, SyncOptions, sync_once, sync_with};
 
 fn options(tls: &TlsArgs) -> ClientOptions {
-    ClientOptions { ca_file: tls.ca.clone(), insecure: tls.insecure, timeout_ms: 30_000 }
+    ClientOptions { ca_file: tls.ca.clone(), insecure: tls.insecure, timeout_ms: 30_000, ..Default::default() }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -7,7 +7,7 @@
 use std::path::Path;
 use tillsync_core::Lane;
 use tillsync_core::domain::{Method, PaymentInput};
-use tillsync_core::wire::{Entry, PullResponse, PushRequest, Snapshot, WireChange, WireOp};
+use tillsync_core::wire::{Entry, PullResponse, PushRequest, Snapshot, SnapshotKey, SnapshotPage, WireChange, WireOp};
 use tillsync_fuzz_harness::{DEVICE, NOW_MS, TARGETS, TEST_AGE_RECIPIENT, fresh_store};
 use tillsync_store::{Identity, ProductFields, SaleRequest, Store};
 
@@ -101,6 +101,22 @@ fn main() {
     let snap_json = serde_json::to_vec(&snap).expect("json");
     write("snapshot", "snapshot.json", &flagged(&snap_json, false));
     write("snapshot", "snapshot.zst", &flagged(&snap_json, true));
+    // The same state as two pages of a paged snapshot, as the hub answers
+    // `GET /v1/snapshot?limit=N[&after=KEY]`.
+    let ops = till.snapshot_ops(None).expect("snapshot");
+    let half = ops.len() / 2;
+    let first = SnapshotPage {
+        cursor: Some(42),
+        cursor_tag: Some("f".repeat(64)),
+        total: Some(ops.len() as u64),
+        ops: ops[..half].iter().map(WireOp::from).collect(),
+        next: ops[..half].last().map(|o| SnapshotKey::from(&o.state_key())),
+    };
+    let last = SnapshotPage { ops: ops[half..].iter().map(WireOp::from).collect(), ..Default::default() };
+    let first_json = serde_json::to_vec(&first).expect("json");
+    let last_json = serde_json::to_vec(&last).expect("json");
+    write("snapshot", "page-first.json", &flagged(&first_json, false));
+    write("snapshot", "page-last.zst", &flagged(&last_json, true));
 
     // A real backup of a till on disk, to the test recipient.
     let work = tempfile::tempdir().expect("tempdir");

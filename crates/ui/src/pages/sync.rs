@@ -216,6 +216,7 @@ fn hub_client(store: &Store, token: &str) -> Result<HubClient, UiError> {
         ca_file: store.get_meta("hub_ca_file")?.map(std::path::PathBuf::from),
         insecure: store.get_meta("hub_insecure")?.as_deref() == Some("true"),
         timeout_ms: HUB_TIMEOUT_MS,
+        ..ClientOptions::default()
     };
     Ok(HubClient::new(&url, Some(token.to_string()), &opts)?)
 }
