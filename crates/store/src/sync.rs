@@ -301,14 +301,7 @@ impl Store {
         let in_page: std::collections::HashSet<String> = page.iter().map(Op::id_text).collect();
         let missing: Vec<Op> =
             held.into_iter().filter(|op| !in_page.contains(&op.id_text()) && !known.contains(&op.id_text())).collect();
-        for chunk in missing.chunks(RELAY_CHANGE_LEN_MAX) {
-            self.write(now_ms, |l| {
-                for op in chunk {
-                    l.relay(op.clone())?;
-                }
-                Ok(())
-            })?;
-        }
+        self.queue_relays(now_ms, &missing)?;
         known.extend(missing.iter().map(Op::id_text));
         Ok(missing.len() as u64)
     }
@@ -427,8 +420,14 @@ impl Store {
             .into_iter()
             .filter(|op| !known.contains(&id_of(op)))
             .collect();
-        // Several changes of bounded size, so each fits a push.
-        for chunk in missing.chunks(RELAY_CHANGE_LEN_MAX) {
+        self.queue_relays(now_ms, &missing)?;
+        Ok(missing.len() as u64)
+    }
+
+    /// Queues `ops` as relays, in several changes of bounded size so that
+    /// each fits a push.
+    fn queue_relays(&mut self, now_ms: u64, ops: &[Op]) -> Result<(), StoreError> {
+        for chunk in ops.chunks(RELAY_CHANGE_LEN_MAX) {
             self.write(now_ms, |l| {
                 for op in chunk {
                     l.relay(op.clone())?;
@@ -436,7 +435,7 @@ impl Store {
                 Ok(())
             })?;
         }
-        Ok(missing.len() as u64)
+        Ok(())
     }
 
     /// Every change not yet acknowledged by the hub, all lanes.
