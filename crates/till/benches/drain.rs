@@ -166,6 +166,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let idle_kb = rss_kb(pid, "VmRSS:");
     let peak_kb = rss_kb(pid, "VmHWM:");
+    let idle_map = memory_map(pid);
     let _ = node.kill();
     let _ = node.wait();
     drop(hub);
@@ -187,4 +188,31 @@ fn main() {
         idle_kb as f64 / 1024.0
     );
     println!("goals: drain under 5 s; idle under 40 MB");
+    println!("where the idle memory is (resident kB by mapping, from /proc/PID/smaps):");
+    for (name, kb) in idle_map {
+        println!("  {kb:>7} kB  {name}");
+    }
+}
+
+/// The node's resident memory grouped by what is mapped (the binary, the
+/// heap, thread stacks and anonymous mappings), largest first.
+fn memory_map(pid: u32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut name = String::new();
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && first.chars().next().is_some_and(|c| c.is_ascii_hexdigit()) {
+            let perms = f.next().unwrap_or("");
+            let path = f.nth(3).unwrap_or("");
+            let file = path.rsplit('/').next().unwrap_or(path);
+            name = if path.is_empty() { format!("[anon] {perms}") } else { format!("{file} {perms}") };
+        } else if first == "Rss:" {
+            *by.entry(name.clone()).or_default() += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, kb)| *kb >= 256).collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v
 }
