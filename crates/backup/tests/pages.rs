@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::path::Path;
-use tillsync_backup::{Destination, Folder, Key, Manifest, Unlock, pages};
+use tillsync_backup::{Check, Destination, Folder, Key, Manifest, Unlock, pages};
 use tillsync_core::domain::{Method, PaymentInput};
 use tillsync_core::{IdGen, Schema};
 use tillsync_store::keys::{self, DbKey, KeySpec};
@@ -102,7 +102,7 @@ fn an_encrypted_till_round_trips_page_for_page_without_its_token() {
     let out = tmp.path().join("restored.db");
     let key = DbKey::random().unwrap();
     let unlock = Unlock::Passphrase(PASS.into());
-    tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).unwrap();
+    tillsync_backup::extract(&dest, &m, &unlock, &out, &key, Check::Both, |_, _| {}).unwrap();
     assert_eq!(digests_of(&out, &key), digests, "the same state");
     let raw = std::fs::read(&out).unwrap();
     assert!(!find(&raw, b"SQLite format 3"), "the restored file is encrypted");
@@ -141,7 +141,7 @@ fn a_plaintext_till_restores_encrypted_and_an_encrypted_one_plaintext() {
         let m = tillsync_backup::create(&db, &dest, &Key::Passphrase(PASS.into()), &work, 5, |_, _| {}).unwrap();
         assert!(!find(&decrypted_stream(&dest, &m), TOKEN.as_bytes()), "{name}: token masked");
         let out = tmp.path().join(format!("{name}-restored.db"));
-        tillsync_backup::extract(&dest, &m, &unlock, &out, &into, |_, _| {}).unwrap();
+        tillsync_backup::extract(&dest, &m, &unlock, &out, &into, Check::Both, |_, _| {}).unwrap();
         assert_eq!(digests_of(&out, &into), digests, "{name}: the same state");
         let raw = std::fs::read(&out).unwrap();
         assert_eq!(raw.starts_with(b"SQLite format 3\0"), into == DbKey::Plaintext, "{name}: encrypted as asked");
@@ -211,7 +211,7 @@ fn backups_from_before_page_streams_still_restore() {
         let m = publish_stream(&dest, &work, &stream, id);
         let out = tmp.path().join(format!("{id}.db"));
         let key = DbKey::random().unwrap();
-        tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).unwrap();
+        tillsync_backup::extract(&dest, &m, &unlock, &out, &key, Check::Both, |_, _| {}).unwrap();
         assert_eq!(digests_of(&out, &key), digests, "{id}");
         assert!(!out.with_extension("unpacked").exists(), "{id}: the unpacked copy is removed");
     }
@@ -244,13 +244,56 @@ fn damaged_page_streams_fail_and_leave_nothing() {
     ];
     for (i, (what, stream, says)) in cases.into_iter().enumerate() {
         let m = publish_stream(&dest, &work, &stream, &format!("9-case{i}"));
-        // Into an encrypted database (through SQLCipher) and into a
-        // plaintext one (written as a file).
-        for key in [DbKey::random().unwrap(), DbKey::Plaintext] {
-            let out = tmp.path().join(format!("case{i}-{}.db", key.mode()));
-            let e = tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).expect_err(what).to_string();
-            assert!(e.contains("damaged") && e.contains(says), "{what} ({}): {e}", key.mode());
+        // As `verify` reads it (both digests, into an encrypted copy) and
+        // as a restore does (the stored object's digest only), into an
+        // encrypted database (through SQLCipher) and into a plaintext one
+        // (written as a file): the damage is caught by the stream's own
+        // structure either way.
+        for (key, check) in [
+            (DbKey::random().unwrap(), Check::Both),
+            (DbKey::random().unwrap(), Check::Stored),
+            (DbKey::Plaintext, Check::Stored),
+        ] {
+            let out = tmp.path().join(format!("case{i}-{}-{check:?}.db", key.mode()));
+            let e =
+                tillsync_backup::extract(&dest, &m, &unlock, &out, &key, check, |_, _| {}).expect_err(what).to_string();
+            assert!(e.contains("damaged") && e.contains(says), "{what} ({}, {check:?}): {e}", key.mode());
             assert!(!out.exists() && !out.with_extension("unpacked").exists(), "{what}: nothing left behind");
         }
     }
+}
+
+#[test]
+fn a_restore_checks_the_stored_digest_and_verify_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unlock = Unlock::Passphrase(PASS.into());
+    let dest = Folder { dir: tmp.path().join("backups") };
+    let work = tmp.path().join("work");
+    let t = tmp.path().join("till");
+    let digests = till(&t, &KeySpec::Folder, 10);
+    let good =
+        tillsync_backup::create(&t.join("till.db"), &dest, &Key::Passphrase(PASS.into()), &work, 5, |_, _| {}).unwrap();
+    let stream = decrypted_stream(&dest, &good);
+    // A manifest whose stored digest is not the object's: refused by both.
+    let mut m = publish_stream(&dest, &work, &stream, "1-stored");
+    m.stored_sha256 = "00".repeat(32);
+    for check in [Check::Both, Check::Stored] {
+        let out = tmp.path().join(format!("stored-{check:?}.db"));
+        let key = DbKey::random().unwrap();
+        let e = tillsync_backup::extract(&dest, &m, &unlock, &out, &key, check, |_, _| {}).expect_err("stored digest");
+        assert!(e.to_string().contains("stored object's SHA-256"), "{check:?}: {e}");
+        assert!(!out.exists(), "{check:?}: nothing left behind");
+    }
+    // A manifest whose stream digest is wrong but whose object is intact:
+    // `verify` (both digests) refuses it; a restore trusts age's
+    // authentication of the stream and restores the same state.
+    let mut m = publish_stream(&dest, &work, &stream, "2-plain");
+    m.plaintext_sha256 = "00".repeat(32);
+    let key = DbKey::random().unwrap();
+    let out = tmp.path().join("plain-both.db");
+    let e = tillsync_backup::extract(&dest, &m, &unlock, &out, &key, Check::Both, |_, _| {}).expect_err("plain digest");
+    assert!(e.to_string().contains("does not match the manifest"), "{e}");
+    let out = tmp.path().join("plain-stored.db");
+    tillsync_backup::extract(&dest, &m, &unlock, &out, &key, Check::Stored, |_, _| {}).unwrap();
+    assert_eq!(digests_of(&out, &key), digests);
 }

@@ -659,7 +659,8 @@ fn nothing_leaks_from_an_end_to_end_run() {
             assert!(find(&stream, b"Cheddar and chive scone").is_some(), "the stream is readable plaintext");
             sc.scan(&format!("backup {} (decrypted stream)", m.backup_id), &stream);
             let key = tillsync_store::keys::DbKey::random().unwrap();
-            tillsync_backup::extract(&dest, &m, &unlock, &out, &key, |_, _| {}).expect("restore the backup");
+            tillsync_backup::extract(&dest, &m, &unlock, &out, &key, tillsync_backup::Check::Both, |_, _| {})
+                .expect("restore the backup");
             sc.scan_file(&out);
             let conn = rusqlite::Connection::open(&out).unwrap();
             tillsync_store::keys::apply(&conn, &key, &out).expect("the snapshot opens with its key");
