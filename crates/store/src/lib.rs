@@ -260,6 +260,13 @@ impl Store {
         Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 
+    /// Sets the most memory this connection's page cache may hold, in KiB
+    /// (`PRAGMA cache_size`; every connection starts at 16,000).
+    pub fn set_cache_kib(&self, kib: u32) -> Result<(), StoreError> {
+        self.conn.execute_batch(&format!("PRAGMA cache_size=-{kib}"))?;
+        Ok(())
+    }
+
     /// Copies what the WAL holds into the database file without waiting
     /// for readers or writers (`PRAGMA wal_checkpoint(PASSIVE)`), so that
     /// a commit need not do it (see [`Store::set_wal_autocheckpoint_pages`]).
