@@ -37,8 +37,6 @@ pub const PASSPHRASE_ENV: &str = "TILL_DB_PASSPHRASE";
 pub const PASSPHRASE_LEN_MIN: usize = 8;
 /// How long a rotation waits for other connections to close, in ms.
 const REKEY_WAIT_MS: u64 = 1_000;
-/// The first 16 bytes of every plaintext SQLite database.
-const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 
 /// Where a new till's key comes from (`till node init` and every command
 /// that makes a till folder).
@@ -302,12 +300,24 @@ fn recorded(dir: &Path) -> Result<Option<Source>, StoreError> {
     Ok(None)
 }
 
+/// Whether `db` reads as a plain SQLite database (or holds nothing yet).
+///
+/// Asked through SQLite, not by reading the header with `std::fs`: closing
+/// a file handle of its own drops every POSIX lock the process holds on the
+/// file, its open connections' too, and other processes would then take
+/// the database for unused (ARCHITECTURE.md). SQLite keeps such handles
+/// open until the last connection to the file closes.
 fn is_plaintext_file(db: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    match std::fs::File::open(db).and_then(|mut f| f.read_exact(&mut head)) {
-        Ok(()) => &head == SQLITE_MAGIC,
-        // An empty or missing file holds nothing to decrypt.
+    let Ok(conn) = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        // A missing file holds nothing to decrypt.
+        return true;
+    };
+    match conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => true,
+        // Encrypted, or not a database at all: either way, not plaintext.
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::NotADatabase => false,
+        // Unreadable for another reason (busy, permissions): as before, the
+        // open that follows says what is wrong.
         Err(_) => true,
     }
 }
