@@ -249,7 +249,7 @@ impl Destination for S3 {
         Ok(out)
     }
 
-    fn open(&self, backup_id: &str) -> Result<Box<dyn Read>, BackupError> {
+    fn open(&self, backup_id: &str) -> Result<Box<dyn Read + Send>, BackupError> {
         check_id(backup_id)?;
         let key = self.key(&format!("{backup_id}.{OBJECT_EXT}"));
         let got = self.rt.block_on(self.store.get(&key)).map_err(|e| match e {

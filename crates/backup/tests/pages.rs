@@ -63,9 +63,32 @@ fn digests_of(db: &Path, key: &DbKey) -> (String, String) {
     s.digests().unwrap()
 }
 
+/// The age key of every test but the first: an X25519 key. A passphrase
+/// costs about a second of scrypt at each use, and the damaged-stream test
+/// alone decrypts 18 times (the passphrase path has the first test, and
+/// the CLI's tests).
+fn age_key() -> &'static age::x25519::Identity {
+    static KEY: std::sync::OnceLock<age::x25519::Identity> = std::sync::OnceLock::new();
+    KEY.get_or_init(age::x25519::Identity::generate)
+}
+
+fn key() -> Key {
+    Key::Recipient(age_key().to_public().to_string())
+}
+
+/// Writes the identity file into `dir` and unlocks with it.
+fn unlock(dir: &Path) -> Unlock {
+    use age::secrecy::ExposeSecret;
+    let path = dir.join("age.key");
+    std::fs::write(&path, age_key().to_string().expose_secret()).unwrap();
+    Unlock::IdentityFile(path)
+}
+
 fn decrypted_stream(dest: &Folder, m: &Manifest) -> Vec<u8> {
-    let ids: Vec<Box<dyn age::Identity>> =
-        vec![Box::new(age::scrypt::Identity::new(age::secrecy::SecretString::from(PASS.to_string())))];
+    let ids: Vec<Box<dyn age::Identity>> = match m.encryption.as_str() {
+        "passphrase" => vec![Box::new(age::scrypt::Identity::new(age::secrecy::SecretString::from(PASS.to_string())))],
+        _ => vec![Box::new(age_key().clone())],
+    };
     let mut out = vec![];
     tillsync_backup::open_object(dest.open(&m.backup_id).unwrap(), &ids).unwrap().read_to_end(&mut out).unwrap();
     out
@@ -127,7 +150,7 @@ fn an_encrypted_till_round_trips_page_for_page_without_its_token() {
 #[test]
 fn a_plaintext_till_restores_encrypted_and_an_encrypted_one_plaintext() {
     let tmp = tempfile::tempdir().unwrap();
-    let unlock = Unlock::Passphrase(PASS.into());
+    let unlock = unlock(tmp.path());
     for (name, spec, into) in [
         ("plain", KeySpec::Plaintext, DbKey::random().unwrap()),
         ("enc", KeySpec::Folder, DbKey::Plaintext),
@@ -138,7 +161,7 @@ fn a_plaintext_till_restores_encrypted_and_an_encrypted_one_plaintext() {
         let dest = Folder { dir: tmp.path().join(format!("{name}-backups")) };
         let db = t.join(tillsync_store::DB_FILE);
         let work = tmp.path().join("work");
-        let m = tillsync_backup::create(&db, &dest, &Key::Passphrase(PASS.into()), &work, 5, |_, _| {}).unwrap();
+        let m = tillsync_backup::create(&db, &dest, &key(), &work, 5, |_, _| {}).unwrap();
         assert!(!find(&decrypted_stream(&dest, &m), TOKEN.as_bytes()), "{name}: token masked");
         let out = tmp.path().join(format!("{name}-restored.db"));
         tillsync_backup::extract(&dest, &m, &unlock, &out, &into, Check::Both, |_, _| {}).unwrap();
@@ -157,7 +180,9 @@ fn publish_stream(dest: &Folder, work: &Path, stream: &[u8], id: &str) -> Manife
     let obj = work.join(format!(".{id}.object"));
     {
         let f = std::fs::File::create(&obj).unwrap();
-        let enc = age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(PASS.to_string()))
+        let rec = age_key().to_public();
+        let enc = age::Encryptor::with_recipients(std::iter::once(&rec as &dyn age::Recipient))
+            .unwrap()
             .wrap_output(f)
             .unwrap();
         let mut z = zstd::stream::Encoder::new(enc, 3).unwrap();
@@ -182,7 +207,7 @@ fn publish_stream(dest: &Folder, work: &Path, stream: &[u8], id: &str) -> Manife
         stored_bytes: stored.len() as u64,
         plaintext_sha256: hex(&Sha256::digest(stream)),
         stored_sha256: hex(&Sha256::digest(&stored)),
-        encryption: "passphrase".into(),
+        encryption: "recipient".into(),
     };
     dest.publish(&m, &obj).unwrap();
     m
@@ -191,7 +216,7 @@ fn publish_stream(dest: &Folder, work: &Path, stream: &[u8], id: &str) -> Manife
 #[test]
 fn backups_from_before_page_streams_still_restore() {
     let tmp = tempfile::tempdir().unwrap();
-    let unlock = Unlock::Passphrase(PASS.into());
+    let unlock = unlock(tmp.path());
     let dest = Folder { dir: tmp.path().join("backups") };
     let work = tmp.path().join("work");
     // An encrypted snapshot with its key in front (TSK1), and a plaintext
@@ -220,13 +245,12 @@ fn backups_from_before_page_streams_still_restore() {
 #[test]
 fn damaged_page_streams_fail_and_leave_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let unlock = Unlock::Passphrase(PASS.into());
+    let unlock = unlock(tmp.path());
     let dest = Folder { dir: tmp.path().join("backups") };
     let work = tmp.path().join("work");
     let t = tmp.path().join("till");
     till(&t, &KeySpec::Folder, 10);
-    let m =
-        tillsync_backup::create(&t.join("till.db"), &dest, &Key::Passphrase(PASS.into()), &work, 5, |_, _| {}).unwrap();
+    let m = tillsync_backup::create(&t.join("till.db"), &dest, &key(), &work, 5, |_, _| {}).unwrap();
     let good = decrypted_stream(&dest, &m);
     let page_len = u32::from_le_bytes(good[4..8].try_into().unwrap()) as usize;
     let count = |n: u64| [&good[..8], &n.to_le_bytes(), &good[16..]].concat();
@@ -266,13 +290,12 @@ fn damaged_page_streams_fail_and_leave_nothing() {
 #[test]
 fn a_restore_checks_the_stored_digest_and_verify_both() {
     let tmp = tempfile::tempdir().unwrap();
-    let unlock = Unlock::Passphrase(PASS.into());
+    let unlock = unlock(tmp.path());
     let dest = Folder { dir: tmp.path().join("backups") };
     let work = tmp.path().join("work");
     let t = tmp.path().join("till");
     let digests = till(&t, &KeySpec::Folder, 10);
-    let good =
-        tillsync_backup::create(&t.join("till.db"), &dest, &Key::Passphrase(PASS.into()), &work, 5, |_, _| {}).unwrap();
+    let good = tillsync_backup::create(&t.join("till.db"), &dest, &key(), &work, 5, |_, _| {}).unwrap();
     let stream = decrypted_stream(&dest, &good);
     // A manifest whose stored digest is not the object's: refused by both.
     let mut m = publish_stream(&dest, &work, &stream, "1-stored");

@@ -122,7 +122,7 @@ impl Destination for HubBackups {
         Ok(out)
     }
 
-    fn open(&self, backup_id: &str) -> Result<Box<dyn Read>, BackupError> {
+    fn open(&self, backup_id: &str) -> Result<Box<dyn Read + Send>, BackupError> {
         let device = match self.who {
             HubBackupsAs::Device => Uuid::nil(),
             HubBackupsAs::Admin { .. } => self

@@ -114,7 +114,7 @@ fn main() {
     );
 
     // Baseline, same run: the hub ingesting till B's changes pushed directly
-    // in batches of 200 (no node driver, no pull).
+    // in batches of the node's size (no node driver, no pull).
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let direct = {
@@ -124,7 +124,7 @@ fn main() {
         let changes: Vec<_> = s.pending_changes(Lane::Sales, usize::MAX >> 1).unwrap();
         let started = Instant::now();
         rt.block_on(async {
-            for chunk in changes.chunks(200) {
+            for chunk in changes.chunks(tillsync_node::sync::PUSH_BATCH_LEN) {
                 let req = tillsync_core::wire::PushRequest {
                     device_time_ms: 0,
                     changes: chunk
