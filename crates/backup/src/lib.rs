@@ -140,21 +140,16 @@ impl<R: Read> Read for TeeRead<R> {
     }
 }
 
-/// Reads `raw` to its end in chunks, hashing them and sending them on
-/// `tx`; a read error is sent in their place and ends it. Returns the
-/// SHA-256 (hex) and length of what it read. Stops early, without error,
-/// when the receiving side is gone.
-fn hash_object(mut raw: Box<dyn Read + Send>, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> (String, u64) {
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
+/// Reads `r` to its end in chunks and sends them on `tx`; a read error is
+/// sent in their place and ends it. Stops early, without error, when the
+/// receiving side is gone. One stage of a restore's pipeline of threads.
+fn pump(mut r: impl Read, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
     loop {
         let mut chunk = vec![0u8; BUF_LEN];
-        match raw.read(&mut chunk) {
+        match r.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => {
                 chunk.truncate(n);
-                hasher.update(&chunk);
-                bytes += n as u64;
                 if tx.send(Ok(chunk)).is_err() {
                     break;
                 }
@@ -166,10 +161,21 @@ fn hash_object(mut raw: Box<dyn Read + Send>, tx: std::sync::mpsc::SyncSender<io
             }
         }
     }
-    (hex(&hasher.finalize()), bytes)
 }
 
-/// The reading end of [`hash_object`]'s channel.
+/// A [`ChannelRead`] read by two owners in turn: the decrypting thread,
+/// then the restore, which reads what is left after the age stream's end
+/// so that the stored digest covers the whole object.
+#[derive(Clone)]
+struct Shared(std::sync::Arc<std::sync::Mutex<ChannelRead>>);
+
+impl Read for Shared {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().map_err(|_| io::Error::other("the object's reader failed"))?.read(buf)
+    }
+}
+
+/// The reading end of a [`pump`]'s channel.
 struct ChannelRead {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
@@ -585,12 +591,20 @@ fn identities(unlock: &Unlock) -> Result<Vec<Box<dyn age::Identity>>, BackupErro
 /// from a destination the till does not control: anything it holds must
 /// end in an error, never a panic (fuzzed by `fuzz/`'s `backup_object`).
 pub fn open_object<'a, R: Read + 'a>(object: R, ids: &[Box<dyn age::Identity>]) -> Result<impl Read + 'a, BackupError> {
+    zstd::stream::Decoder::new(decrypt_object(object, ids)?).map_err(|e| BackupError::Damaged(e.to_string()))
+}
+
+/// The decrypted (still compressed) stream of an object.
+fn decrypt_object<R: Read>(
+    object: R,
+    ids: &[Box<dyn age::Identity>],
+) -> Result<age::stream::StreamReader<R>, BackupError> {
     let dec = age::Decryptor::new(object).map_err(|_| BackupError::Damaged("not an age-encrypted object".into()))?;
     let reader = dec.decrypt(ids.iter().map(|i| i.as_ref())).map_err(|e| match e {
         age::DecryptError::DecryptionFailed | age::DecryptError::NoMatchingKeys => BackupError::Decrypt,
         other => BackupError::Damaged(other.to_string()),
     })?;
-    zstd::stream::Decoder::new(reader).map_err(|e| BackupError::Damaged(e.to_string()))
+    Ok(reader)
 }
 
 fn cut_short(e: io::Error) -> BackupError {
@@ -622,16 +636,24 @@ pub fn extract(
     let r = (|| {
         let raw = dest.open(&m.backup_id)?;
         let ids = identities(unlock)?;
-        // The stored object is read and hashed on a thread of its own,
-        // beside this one, which decrypts and decompresses it: SHA-256 of
-        // the object was a third of a plaintext restore's time on one
-        // thread where the CPU has no SHA extensions.
+        // Three threads, as `age -d | zstd -d` is two processes: one reads
+        // and hashes the stored object, one decrypts it, and this one
+        // decompresses it and hands the pages to the writer.
         std::thread::scope(|s| -> Result<(), BackupError> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
-            let hashing = s.spawn(move || hash_object(raw, tx));
-            let mut stored = ChannelRead { rx, chunk: Vec::new(), at: 0 };
+            let hashing = s.spawn(move || {
+                let mut stored = TeeRead { inner: raw, hasher: Some(Sha256::new()), bytes: 0 };
+                pump(&mut stored, tx);
+                (hex(&stored.hasher.take().unwrap_or_default().finalize()), stored.bytes)
+            });
+            let stored =
+                Shared(std::sync::Arc::new(std::sync::Mutex::new(ChannelRead { rx, chunk: Vec::new(), at: 0 })));
+            let decrypted = decrypt_object(stored.clone(), &ids)?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
+            let decrypting = s.spawn(move || pump(decrypted, tx));
             let (plain_bytes, plain_hash) = {
-                let z = open_object(&mut stored, &ids)?;
+                let z = zstd::stream::Decoder::new(ChannelRead { rx, chunk: Vec::new(), at: 0 })
+                    .map_err(|e| BackupError::Damaged(e.to_string()))?;
                 let hasher = (check == Check::Both).then(Sha256::new);
                 let mut plain = TeeRead { inner: BufReader::with_capacity(BUF_LEN, z), hasher, bytes: 0 };
                 let mut head = [0u8; pages::HEADER_LEN];
@@ -655,6 +677,8 @@ pub fn extract(
                 (plain.bytes, plain.hasher.map(|h| hex(&h.finalize())))
             };
             // Drain what is left so the stored digest covers the whole object.
+            decrypting.join().map_err(|_| BackupError::Io("the thread decrypting the object failed".into()))?;
+            let mut stored = stored;
             io::copy(&mut stored, &mut io::sink()).map_err(io("cannot read the object"))?;
             drop(stored);
             let (stored_hash, stored_bytes) =
@@ -705,8 +729,9 @@ fn write_pages(
         Err(pages::PageError::ReserveTooSmall(_)) => (side, &DbKey::Plaintext),
         Err(e) => return Err(BackupError::Damaged(e.to_string())),
     };
-    // Two threads: this one decrypts, decompresses and hashes the stream;
-    // the other writes the pages (and SQLCipher encrypts them). Batches of
+    // This thread decompresses the stream (`extract`'s other threads read,
+    // hash and decrypt the object) and hashes it for `verify`; a writer
+    // thread writes the pages (and SQLCipher encrypts them). Batches of
     // whole pages, about `BUF_LEN` bytes each, pass through a bounded
     // channel.
     let page_len = h.page_len as usize;

@@ -122,16 +122,20 @@ fn round_trip_and_every_kind_of_damage_is_caught() {
     ok(&["backup", "verify", "--from", p(&b), "--passphrase-file", p(&pw), "--json"]);
 }
 
+/// A new age X25519 key: its identity written to `file`, and its recipient.
+fn age_key(file: PathBuf) -> (PathBuf, String) {
+    use age::secrecy::ExposeSecret;
+    let id = age::x25519::Identity::generate();
+    std::fs::write(&file, format!("{}\n", id.to_string().expose_secret())).unwrap();
+    (file, id.to_public().to_string())
+}
+
 #[test]
 fn recipient_keys_and_retention() {
-    use age::secrecy::ExposeSecret;
     let tmp = tempfile::tempdir().unwrap();
     let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
     sample_till(&t);
-    let id = age::x25519::Identity::generate();
-    let idf = tmp.path().join("id.txt");
-    std::fs::write(&idf, format!("{}\n", id.to_string().expose_secret())).unwrap();
-    let recipient = id.to_public().to_string();
+    let (idf, recipient) = age_key(tmp.path().join("id.txt"));
     let mut ids = vec![];
     for i in 0..3 {
         ok(&["sale", "--data", p(&t), "--item", "COOKIE", "--pay", "cash", "--json"]);
@@ -147,9 +151,7 @@ fn recipient_keys_and_retention() {
     assert_eq!(v["sales"], 3);
     let v = ok(&["backup", "verify", "--from", p(&b), &ids[0], "--identity", p(&idf), "--json"]);
     assert_eq!(v["sales"], 1);
-    let other = age::x25519::Identity::generate();
-    let of = tmp.path().join("other.txt");
-    std::fs::write(&of, format!("{}\n", other.to_string().expose_secret())).unwrap();
+    let (of, _) = age_key(tmp.path().join("other.txt"));
     let e = fails(&["backup", "verify", "--from", p(&b), "--identity", p(&of)]);
     assert!(e.contains("wrong passphrase or identity"), "{e}");
     let r = ok(&["backup", "prune", "--from", p(&b), "--keep", "1", "--json"]);
@@ -514,4 +516,48 @@ fn backups_kept_by_the_hub_outlive_the_till_and_count_in_its_quota() {
     ok(&["sync", "--data", p(&r), "--json"]);
     assert_eq!(digest(&r), want);
     assert_eq!(digest(&r), hub.digest());
+}
+
+/// Runs `till ARGS` with stderr on a terminal: util-linux's `script` gives
+/// it a pseudo-terminal and copies what it writes there to our stdout.
+fn on_a_terminal(args: &[&str]) -> String {
+    let line = std::iter::once(BIN).chain(args.iter().copied()).map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" ");
+    let o = Command::new("script")
+        .args(["-qec", &format!("{line} >/dev/null"), "/dev/null"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script (util-linux)");
+    assert!(o.status.success(), "till {args:?} on a terminal failed: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+#[test]
+fn progress_bars_show_on_a_terminal_and_nothing_extra_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (t, b) = (tmp.path().join("till"), tmp.path().join("backups"));
+    sample_till(&t);
+    let (idf, recipient) = age_key(tmp.path().join("id.txt"));
+    let r = tmp.path().join("restored");
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("backup", vec!["backup", "create", "--data", p(&t), "--to", p(&b), "--recipient", &recipient]),
+        ("verify", vec!["backup", "verify", "--from", p(&b), "--identity", p(&idf)]),
+        ("restore", vec!["backup", "restore", "--from", p(&b), "--into", p(&r), "--identity", p(&idf)]),
+    ];
+    for (what, args) in &runs {
+        let shown = on_a_terminal(args);
+        assert!(
+            shown.contains(what) && shown.contains("[") && shown.contains("B/"),
+            "{what}: a byte progress bar on the terminal: {shown:?}"
+        );
+    }
+    // Not a terminal: stderr stays empty and stdout is the JSON alone.
+    std::fs::remove_dir_all(&r).unwrap();
+    for (what, args) in runs {
+        let args: Vec<&str> = args.into_iter().chain(["--json"]).collect();
+        let o = till(&args);
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(o.stderr.is_empty(), "{what}: nothing on stderr: {}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap_or_else(|e| panic!("{what}: JSON only on stdout: {e}"));
+    }
 }
