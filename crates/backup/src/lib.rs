@@ -163,18 +163,6 @@ fn pump(mut r: impl Read, tx: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) 
     }
 }
 
-/// A [`ChannelRead`] read by two owners in turn: the decrypting thread,
-/// then the restore, which reads what is left after the age stream's end
-/// so that the stored digest covers the whole object.
-#[derive(Clone)]
-struct Shared(std::sync::Arc<std::sync::Mutex<ChannelRead>>);
-
-impl Read for Shared {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.lock().map_err(|_| io::Error::other("the object's reader failed"))?.read(buf)
-    }
-}
-
 /// The reading end of a [`pump`]'s channel.
 struct ChannelRead {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
@@ -638,7 +626,11 @@ pub fn extract(
         let ids = identities(unlock)?;
         // Three threads, as `age -d | zstd -d` is two processes: one reads
         // and hashes the stored object, one decrypts it, and this one
-        // decompresses it and hands the pages to the writer.
+        // decompresses it and hands the pages to the writer. The hashing
+        // thread reads ahead of age, which reads a valid object to its end:
+        // once decryption is over, every byte of such an object is hashed.
+        // Bytes past age's end are not read, and the digest then does not
+        // match, as it must not (create writes none).
         std::thread::scope(|s| -> Result<(), BackupError> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
             let hashing = s.spawn(move || {
@@ -646,11 +638,9 @@ pub fn extract(
                 pump(&mut stored, tx);
                 (hex(&stored.hasher.take().unwrap_or_default().finalize()), stored.bytes)
             });
-            let stored =
-                Shared(std::sync::Arc::new(std::sync::Mutex::new(ChannelRead { rx, chunk: Vec::new(), at: 0 })));
-            let decrypted = decrypt_object(stored.clone(), &ids)?;
+            let decrypted = decrypt_object(ChannelRead { rx, chunk: Vec::new(), at: 0 }, &ids)?;
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
-            let decrypting = s.spawn(move || pump(decrypted, tx));
+            s.spawn(move || pump(decrypted, tx));
             let (plain_bytes, plain_hash) = {
                 let z = zstd::stream::Decoder::new(ChannelRead { rx, chunk: Vec::new(), at: 0 })
                     .map_err(|e| BackupError::Damaged(e.to_string()))?;
@@ -676,11 +666,6 @@ pub fn extract(
                 }
                 (plain.bytes, plain.hasher.map(|h| hex(&h.finalize())))
             };
-            // Drain what is left so the stored digest covers the whole object.
-            decrypting.join().map_err(|_| BackupError::Io("the thread decrypting the object failed".into()))?;
-            let mut stored = stored;
-            io::copy(&mut stored, &mut io::sink()).map_err(io("cannot read the object"))?;
-            drop(stored);
             let (stored_hash, stored_bytes) =
                 hashing.join().map_err(|_| BackupError::Io("the thread reading the object failed".into()))?;
             if stored_hash != m.stored_sha256 || stored_bytes != m.stored_bytes {
