@@ -83,7 +83,7 @@ impl SqliteHub {
         self.tenant_of_store(tenant, store)?;
         // Read the state and the log under the tenant's lock, so they match.
         let (snapshot, before, after, horizon_pos, entries, entries_after) = {
-            let s = t.lock().expect("tenant");
+            let s = t.lock();
             let conn = s.connection();
             let horizon_pos = horizon(conn)?;
             if horizon_pos > 0 {

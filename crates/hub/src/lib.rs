@@ -9,6 +9,7 @@ pub mod backups;
 pub mod checkpoint;
 pub mod error;
 pub mod export;
+pub mod group;
 pub mod limits;
 pub mod pg;
 pub mod seen;

@@ -7,6 +7,7 @@
 
 use crate::HubError;
 use crate::checkpoint::Checkpointer;
+use crate::group::Tenant;
 use crate::seen::{SeenAt, SeenLog};
 use crate::storage::{Caller, DeviceAuth, HubStorage, Notice};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -127,7 +128,7 @@ pub(crate) const ADMIN_TOKEN_PREFIX: &str = "tsa_";
 pub struct SqliteHub {
     dir: PathBuf,
     control: Mutex<Connection>,
-    tenants: Mutex<HashMap<Uuid, Arc<Mutex<Store>>>>,
+    tenants: Mutex<HashMap<Uuid, Arc<Tenant>>>,
     ids: Mutex<IdGen>,
     schema: Schema,
     /// Devices' last contact, written to `hub.db` off the push path.
@@ -261,7 +262,7 @@ impl SqliteHub {
     }
 
     /// The tenant's state and log, opened once and kept.
-    pub(crate) fn tenant(&self, tenant: Uuid) -> Result<Arc<Mutex<Store>>, HubError> {
+    pub(crate) fn tenant(&self, tenant: Uuid) -> Result<Arc<Tenant>, HubError> {
         let mut map = self.tenants.lock().expect("tenants");
         if let Some(s) = map.get(&tenant) {
             return Ok(s.clone());
@@ -313,9 +314,9 @@ impl SqliteHub {
         if !has_chain {
             store.connection().execute_batch("ALTER TABLE hub_log ADD COLUMN chain TEXT")?;
         }
-        let store = Arc::new(Mutex::new(store));
+        let store = Arc::new(Tenant::new(store));
         {
-            let mut s = store.lock().expect("tenant");
+            let mut s = store.lock();
             Self::flush_hub_outbox(&mut s, 0)?;
         }
         map.insert(tenant, store.clone());
@@ -408,7 +409,7 @@ impl SqliteHub {
     /// nothing. Returns the new horizon.
     pub fn compact(&self, tenant: Uuid, keep_len: u64) -> Result<u64, HubError> {
         let t = self.tenant(tenant)?;
-        let s = t.lock().expect("tenant");
+        let s = t.lock();
         let conn = s.connection();
         let max_pos: i64 = conn.query_row("SELECT coalesce(max(pos), 0) FROM hub_log", [], |r| r.get(0))?;
         let new_horizon = (max_pos as u64).saturating_sub(keep_len).max(horizon(conn)?);
@@ -587,7 +588,7 @@ impl HubStorage for SqliteHub {
         )?;
         let t = self.tenant(id)?;
         if sample {
-            let mut s = t.lock().expect("tenant");
+            let mut s = t.lock();
             tillsync_store::sample::load(&mut s, now_ms, false)?;
             Self::flush_hub_outbox(&mut s, now_ms)?;
         }
@@ -610,7 +611,7 @@ impl HubStorage for SqliteHub {
         };
         if sample {
             // The sample's opening stock, once for this store.
-            let mut s = t.lock().expect("tenant");
+            let mut s = t.lock();
             s.write(now_ms, |l| {
                 for (_, sku, _, _, _, qty) in tillsync_store::sample::PRODUCTS {
                     l.insert_in(
@@ -652,7 +653,7 @@ impl HubStorage for SqliteHub {
             HubError::bad("bad_policy", format!("'{mode}' is not a policy: use lww, first or manual"))
         })?;
         let t = self.tenant(tenant)?;
-        let mut s = t.lock().expect("tenant");
+        let mut s = t.lock();
         s.set_policy(now_ms, target, policy).map_err(|e| HubError::bad("bad_policy", e.to_string()))?;
         Self::flush_hub_outbox(&mut s, now_ms)
     }
@@ -682,7 +683,7 @@ impl HubStorage for SqliteHub {
             )
         };
         let t = self.tenant(tenant)?;
-        let s = t.lock().expect("tenant");
+        let s = t.lock();
         let conn = s.connection();
         let (changes, bytes): (i64, i64) =
             conn.query_row("SELECT count(*), coalesce(sum(bytes), 0) FROM hub_log", [], |r| {
@@ -802,6 +803,31 @@ impl HubStorage for SqliteHub {
             tracing::warn!(device = %dev.device_id, "device reports a copied folder: device stopped");
             return Err(HubError::Forked);
         }
+        let device = dev.device_id.to_string();
+        let skew = req.device_time_ms as i64 - now_ms as i64;
+        if req.changes.is_empty() {
+            // A till with nothing to send asks only for its acknowledged
+            // sequences (every round starts so): answered by a read, with no
+            // transaction and no sync on the path of a live event's pull.
+            let t = self.tenant(dev.tenant_id)?;
+            let s = t.lock();
+            let lanes = Lane::ALL
+                .into_iter()
+                .map(|lane| {
+                    let ack = LaneAck {
+                        acked_through: SeqLog { conn: s.connection(), device: device.clone(), lane: lane.as_str() }
+                            .next_seq()
+                            - 1,
+                        ..LaneAck::default()
+                    };
+                    (lane, ack)
+                })
+                .collect();
+            let hub_hlc = s.clock().0;
+            drop(s);
+            self.seen.note(dev.device_id, SeenAt { tenant: dev.tenant_id, last_seen_ms: now_ms, skew_ms: skew });
+            return Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc, skew_ms: skew }, vec![]));
+        }
         let quota: i64 = self.control.lock().expect("control").query_row(
             "SELECT quota_changes FROM tenants WHERE id = ?1",
             [dev.tenant_id.to_string()],
@@ -838,15 +864,15 @@ impl HubStorage for SqliteHub {
             }
         }
         let t = self.tenant(dev.tenant_id)?;
-        let mut store = t.lock().expect("tenant");
         let mut by_lane: BTreeMap<Lane, Vec<&tillsync_core::wire::WireChange>> = BTreeMap::new();
         for c in &req.changes {
             by_lane.entry(c.lane).or_default().push(c);
         }
-        let device = dev.device_id.to_string();
         let schema = self.schema.clone();
         let mut notices = vec![];
-        let lanes = store.transaction(|s| -> Result<BTreeMap<Lane, LaneAck>, HubError> {
+        // Pushes queued for this tenant share one transaction and one
+        // durable COMMIT (see `crate::group`); `t.push` returns after it.
+        let (lanes, hub_hlc) = t.push(|s| -> Result<(BTreeMap<Lane, LaneAck>, u64), HubError> {
             let mut lanes = BTreeMap::new();
             for (lane, mut changes) in by_lane {
                 changes.sort_by_key(|c| c.seq);
@@ -928,10 +954,8 @@ impl HubStorage for SqliteHub {
                     ..LaneAck::default()
                 });
             }
-            Ok(lanes)
+            Ok((lanes, s.clock().0))
         })?;
-        let hub_hlc = store.clock().0;
-        drop(store);
         // A reused sequence with another change means two tills share this
         // identity: stop it in every lane, so neither copy's changes are
         // mixed with the other's (both re-enrol and carry their changes over).
@@ -943,7 +967,6 @@ impl HubStorage for SqliteHub {
             tracing::warn!(device = device.as_str(), "device folder copied: device stopped");
         }
         // Off the durable path: kept in memory, written every few seconds.
-        let skew = req.device_time_ms as i64 - now_ms as i64;
         self.seen.note(dev.device_id, SeenAt { tenant: dev.tenant_id, last_seen_ms: now_ms, skew_ms: skew });
         Ok((PushResponse { lanes, hub_time_ms: now_ms, hub_hlc, skew_ms: skew }, notices))
     }
@@ -962,7 +985,7 @@ impl HubStorage for SqliteHub {
     ) -> Result<PullResponse, HubError> {
         let limit = limit_len.clamp(1, PULL_LEN_MAX);
         let t = self.tenant(dev.tenant_id)?;
-        let store = t.lock().expect("tenant");
+        let store = t.lock();
         let conn = store.connection();
         // SQLite has one writer and positions are assigned inside its
         // transaction, so every position up to the highest one is committed:
@@ -1027,7 +1050,7 @@ impl HubStorage for SqliteHub {
 
     fn snapshot(&self, dev: &DeviceAuth) -> Result<Snapshot, HubError> {
         let t = self.tenant(dev.tenant_id)?;
-        let store = t.lock().expect("tenant");
+        let store = t.lock();
         // The lock keeps writers out, so the cursor and the state match.
         let cursor = Self::snapshot_cursor(&store)?;
         check_whole_len(store.state_len(Some(dev.store_id))?)?;
@@ -1045,7 +1068,7 @@ impl HubStorage for SqliteHub {
     ) -> Result<SnapshotPage, HubError> {
         let limit = limit_len.clamp(1, SNAPSHOT_PAGE_LEN_MAX);
         let t = self.tenant(dev.tenant_id)?;
-        let store = t.lock().expect("tenant");
+        let store = t.lock();
         let mut page = SnapshotPage::default();
         if after.is_none() {
             // The first page: the tenant lock keeps writers out, so the
@@ -1145,7 +1168,7 @@ impl HubStorage for SqliteHub {
     fn store_digest(&self, tenant: Uuid, store: Uuid) -> Result<String, HubError> {
         self.tenant_of_store(tenant, store)?;
         let t = self.tenant(tenant)?;
-        let s = t.lock().expect("tenant");
+        let s = t.lock();
         Ok(s.digests_for(Some(store))?.0)
     }
 }

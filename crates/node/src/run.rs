@@ -78,7 +78,7 @@ pub async fn run(
     });
     // Reachability probes and the OS's view of the links, on their own
     // schedule; a change of either is an event for the loop below.
-    let (ptx, mut probes) = mpsc::channel::<(bool, String)>(4);
+    let (ptx, mut probes) = mpsc::channel::<(bool, String, bool)>(4);
     let prober = client.clone();
     let (probe_every, probe_timeout) = (config.sync.probe_interval_ms, config.sync.probe_timeout_ms);
     let metered_setting = config.network.metered.clone();
@@ -88,8 +88,8 @@ pub async fn run(
             tick.tick().await;
             let ok =
                 tokio::time::timeout(Duration::from_millis(probe_timeout), prober.healthy()).await.unwrap_or(false);
-            let link = crate::net::current(&metered_setting, Some(ok)).kind;
-            if ptx.send((ok, link)).await.is_err() {
+            let view = crate::net::current(&metered_setting, Some(ok));
+            if ptx.send((ok, view.kind, view.metered)).await.is_err() {
                 break;
             }
         }
@@ -117,6 +117,10 @@ pub async fn run(
     let mut retry_at: Option<Instant> = None;
     let mut failures: u32 = 0;
     let mut reachable: Option<bool> = None;
+    // Whether the link is metered, as the latest probe saw it: a round
+    // started by a live event must not scan the interfaces first (that scan
+    // was most of a till's wait between the event and its pull).
+    let mut metered: Option<bool> = None;
     // A change written while the node was down syncs now, with nothing else written.
     let mut due: Option<Trigger> = Some(Trigger::Timer);
     loop {
@@ -127,7 +131,8 @@ pub async fn run(
                 _ = timer.tick() => config.sync.auto.then_some(Trigger::Timer),
                 Some(()) = events.recv() => Some(Trigger::LiveEvent),
                 Some(()) = asked.recv() => Some(Trigger::Asked),
-                Some((ok, kind)) = probes.recv() => {
+                Some((ok, kind, is_metered)) = probes.recv() => {
+                    metered = Some(is_metered);
                     let came_back = ok && reachable == Some(false);
                     let link_changed = link.as_ref().is_some_and(|l| *l != kind);
                     if link_changed {
@@ -183,7 +188,12 @@ pub async fn run(
             // Auto-sync off: only "sync now" runs a round.
             continue;
         }
-        let opts = SyncOptions { metered_lanes: metered_lanes(&config), force: false, full: false };
+        let opts = SyncOptions {
+            metered_lanes: metered_lanes(&config, metered),
+            force: false,
+            full: false,
+            skip_empty_push: trigger == Trigger::LiveEvent,
+        };
         let started = Instant::now();
         let was_retry = retry_at.is_some() || trigger == Trigger::Retry;
         let r = sync_with(store, &client, now_ms.clone(), &opts).await;
@@ -229,9 +239,16 @@ fn pending(store: &Store) -> i64 {
     store.pending().map(|p| p.values().sum()).unwrap_or(0)
 }
 
-fn metered_lanes(config: &Config) -> Option<Vec<tillsync_core::Lane>> {
-    let view = crate::net::current(&config.network.metered, None);
-    view.metered.then(|| config.network.metered_lanes.iter().filter_map(|l| tillsync_core::Lane::parse(l)).collect())
+/// The lanes a metered link may carry, or `None` when the link is not
+/// metered. `probed` is the latest probe's view; before the first probe the
+/// link is read now.
+fn metered_lanes(config: &Config, probed: Option<bool>) -> Option<Vec<tillsync_core::Lane>> {
+    let is_metered = match config.network.metered.as_str() {
+        "yes" => true,
+        "no" => false,
+        setting => probed.unwrap_or_else(|| crate::net::current(setting, None).metered),
+    };
+    is_metered.then(|| config.network.metered_lanes.iter().filter_map(|l| tillsync_core::Lane::parse(l)).collect())
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

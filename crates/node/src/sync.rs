@@ -427,6 +427,12 @@ pub struct SyncOptions {
     pub force: bool,
     /// Bootstrap again from the snapshot and compare digests with the hub.
     pub full: bool,
+    /// Send no push when nothing is pending. A round otherwise starts with
+    /// a push even when empty, whose answer tells a till what a restored hub
+    /// lost; a round started by a live event skips it (the hub is there and
+    /// has news: the pull is what is waited for), and the timer's rounds
+    /// still ask.
+    pub skip_empty_push: bool,
 }
 
 /// Pulls skipped on a metered link above this many waiting entries.
@@ -511,7 +517,7 @@ async fn round(
     // The first push of a round is sent even when nothing is pending: the
     // answer tells every lane's acknowledged sequence, so a hub restored to
     // an older state gets back what it lost from a till with nothing new.
-    let mut first = true;
+    let mut first = !opts.skip_empty_push;
     for _ in 0..10_000 {
         let mut changes: Vec<WireChange> = vec![];
         for lane in Lane::ALL {

@@ -57,6 +57,33 @@ impl Store {
         }
     }
 
+    /// Opens a transaction that several units of work share (the hub's group
+    /// commit): one [`Store::commit`] makes them all durable with one sync.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Rolls back the transaction opened by [`Store::begin`].
+    pub fn rollback(&mut self) {
+        let _ = self.conn.execute_batch("ROLLBACK");
+        let _ = self.load_policies();
+    }
+
+    /// Commits the transaction opened by [`Store::begin`]; on failure it is
+    /// rolled back whole.
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        let r = self.meta_set("hlc", &self.clock.last().0.to_string()).and_then(|()| {
+            self.conn.execute_batch("COMMIT")?;
+            Ok(())
+        });
+        if r.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.load_policies();
+        }
+        r
+    }
+
     /// Checks and applies remote operations inside [`Store::transaction`];
     /// the clock observes them. Returns how many were new.
     pub fn apply_in_transaction(&mut self, ops: &[Op]) -> Result<usize, StoreError> {

@@ -89,7 +89,7 @@ pub fn sync(dir: &Path, force: bool, full: bool, j: bool) -> Result<()> {
     let mut store = open(dir)?;
     let config = Config::load(dir)?;
     let client = client_for(dir, &store)?;
-    let opts = SyncOptions { metered_lanes: metered_lanes(&config), force, full };
+    let opts = SyncOptions { metered_lanes: metered_lanes(&config), force, full, skip_empty_push: false };
     let report = runtime()?.block_on(sync_with(&mut store, &client, now_ms, &opts)).map_err(|e| {
         if matches!(e, tillsync_node::SyncError::Network(_)) {
             anyhow!("{e}; the till keeps selling and its changes wait in the outbox until the hub is reachable")

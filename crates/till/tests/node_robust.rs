@@ -351,7 +351,14 @@ fn node_run_killed_at_random_loses_and_doubles_nothing() {
     eprintln!("kill -9 harness: {kills} kills, seed {seed:#x} (TILL_NODE_KILLS, TILL_NODE_KILL_SEED)");
     let w = world();
     let a = w.dir("a");
-    w.t.enrol(&w.hub.url, &a, "Till A");
+    // Through a proxy that delays every chunk a little: a round then lasts
+    // tens of milliseconds, as on a real network, so the kills (mostly in a
+    // runner's first 100 ms) land in rounds often enough to test that. On
+    // loopback a round took a few milliseconds and one run in ten or so
+    // landed too few.
+    let proxy = FaultProxy::in_front_of(&w.hub.url);
+    proxy.set(Fault::Delay(5));
+    w.t.enrol(&proxy.url(), &a, "Till A");
     let base_changes = w.t.changes();
     let started = Instant::now();
 
