@@ -30,6 +30,15 @@ pub const BODY_LEN_MAX: usize = 16 << 20;
 pub const BODY_DECODED_LEN_MAX: usize = 64 << 20;
 /// Responses above this size are compressed when the client accepts zstd.
 pub const COMPRESS_LEN_MIN: usize = 1_024;
+/// Most pushes decoded and stored at once by one hub process. A push is
+/// held as its compressed body until its turn: decoded, a 200-change push
+/// takes about a megabyte, and a tenant's pushes are stored one after the
+/// other anyway (they share a group commit, `crate::group`), so more at once
+/// only costs memory (100 devices pushing together took the hub to 150 MB).
+pub const PUSH_CONCURRENT_MAX: usize = 8;
+/// Longest a push waits for its turn before it is answered `busy` (503;
+/// the till retries with backoff).
+pub const PUSH_ADMISSION_WAIT_MS: u64 = 10_000;
 /// Enrolment codes are valid this long unless told otherwise.
 pub const CODE_TTL_MS: u64 = 24 * 3_600_000;
 /// The body of `/healthz`: nodes check it, so a captive portal answering
@@ -95,6 +104,10 @@ pub struct AppState {
     pub backups: Option<Arc<BackupFiles>>,
     /// Per-caller request rates.
     pub limiter: Arc<RateLimiter>,
+    /// Turns for pushes ([`PUSH_CONCURRENT_MAX`]).
+    pub push_slots: Arc<tokio::sync::Semaphore>,
+    /// Longest a push waits for a turn ([`PUSH_ADMISSION_WAIT_MS`]).
+    pub push_wait_ms: u64,
 }
 
 impl AppState {
@@ -111,7 +124,17 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             backups: None,
             limiter: Arc::new(RateLimiter::new(RateOptions::default())),
+            push_slots: Arc::new(tokio::sync::Semaphore::new(PUSH_CONCURRENT_MAX)),
+            push_wait_ms: PUSH_ADMISSION_WAIT_MS,
         }
+    }
+
+    /// Lets `concurrent` pushes be decoded and stored at once, the others
+    /// waiting up to `wait_ms` for a turn, instead of the defaults.
+    pub fn with_push_limit(mut self, concurrent: usize, wait_ms: u64) -> Self {
+        self.push_slots = Arc::new(tokio::sync::Semaphore::new(concurrent));
+        self.push_wait_ms = wait_ms;
+        self
     }
 
     /// Limits request rates with these options instead of the defaults.
@@ -346,7 +369,7 @@ pub fn app_with_routes(state: AppState) -> (Router, Vec<RouteInfo>) {
         .add(Method::GET, "/v1/admin/backups/{device}/{name}", Access::Admin, get(admin_backup_get));
     let router = r
         .router
-        .layer(middleware::from_fn(zstd_layer))
+        .layer(middleware::from_fn_with_state(state.clone(), zstd_layer))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LEN_MAX))
         .merge(b.router.layer(axum::extract::DefaultBodyLimit::disable()))
         .fallback(|| async { HubError::NotFound("route".into()) })
@@ -706,8 +729,9 @@ pub fn decode_zstd(raw: &[u8], len_max: usize) -> Result<Vec<u8>, HubError> {
 /// decoded (bounded), and JSON responses are compressed for clients that
 /// send `Accept-Encoding: zstd`. Event streams are left alone. Every
 /// response names the wire version.
-async fn zstd_layer(req: Request, next: Next) -> Response {
+async fn zstd_layer(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let (mut parts, body) = req.into_parts();
+    let is_push = parts.method == axum::http::Method::POST && parts.uri.path() == "/v1/push";
     let accepts =
         parts.headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("zstd"));
     let encoded = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()) == Some("zstd");
@@ -730,6 +754,17 @@ async fn zstd_layer(req: Request, next: Next) -> Response {
             Ok(b) => Body::from(b),
             Err(_) => return HubError::TooLarge.into_response(),
         }
+    };
+    // A push waits for its turn here, its body read but not decoded. The
+    // turn is taken after the body has arrived, so a slow sender holds none.
+    let _turn = if is_push {
+        let wait = std::time::Duration::from_millis(st.push_wait_ms);
+        match tokio::time::timeout(wait, st.push_slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Some(permit),
+            _ => return HubError::Busy.into_response(),
+        }
+    } else {
+        None
     };
     let mut resp = next.run(Request::from_parts(parts, body)).await;
     resp.headers_mut().insert("tillsync-wire", HeaderValue::from(WIRE_VERSION));
