@@ -129,6 +129,27 @@ struct TeeRead<R> {
     bytes: u64,
 }
 
+/// A [`TeeRead`] with SHA-256 that hands its digest (hex) and byte count
+/// to `done` when it is dropped: it can then be moved into a reader that
+/// another thread owns, such as age's.
+struct HashOnDrop<R> {
+    tee: TeeRead<R>,
+    done: std::sync::mpsc::SyncSender<(String, u64)>,
+}
+
+impl<R: Read> Read for HashOnDrop<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tee.read(buf)
+    }
+}
+
+impl<R> Drop for HashOnDrop<R> {
+    fn drop(&mut self) {
+        let digest = hex(&self.tee.hasher.take().unwrap_or_default().finalize());
+        let _ = self.done.try_send((digest, self.tee.bytes));
+    }
+}
+
 impl<R: Read> Read for TeeRead<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -624,21 +645,28 @@ pub fn extract(
     let r = (|| {
         let raw = dest.open(&m.backup_id)?;
         let ids = identities(unlock)?;
-        // Three threads, as `age -d | zstd -d` is two processes: one reads
-        // and hashes the stored object, one decrypts it, and this one
-        // decompresses it and hands the pages to the writer. The hashing
-        // thread reads ahead of age, which reads a valid object to its end:
-        // once decryption is over, every byte of such an object is hashed.
-        // Bytes past age's end are not read, and the digest then does not
-        // match, as it must not (create writes none).
+        // Two busy threads, as `age -d | zstd -d` is two processes: one
+        // hashes and decrypts the stored object, and this one decompresses
+        // it and writes the pages. A third thread only reads the object
+        // (from disk or the network), ahead of them. The hash is taken of
+        // what age reads, and age reads a valid object to its end; bytes
+        // past that end are not hashed, and the digest and length then do
+        // not match, as they must not (create writes none). With hashing
+        // on a third busy thread, three threads shared two cores and a
+        // restore took longer (BENCHMARKS.md, issue 6).
         std::thread::scope(|s| -> Result<(), BackupError> {
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
-            let hashing = s.spawn(move || {
-                let mut stored = TeeRead { inner: raw, hasher: Some(Sha256::new()), bytes: 0 };
-                pump(&mut stored, tx);
-                (hex(&stored.hasher.take().unwrap_or_default().finalize()), stored.bytes)
-            });
-            let decrypted = decrypt_object(ChannelRead { rx, chunk: Vec::new(), at: 0 }, &ids)?;
+            s.spawn(move || pump(raw, tx));
+            let (hashed_tx, hashed) = std::sync::mpsc::sync_channel(1);
+            let stored = HashOnDrop {
+                tee: TeeRead {
+                    inner: ChannelRead { rx, chunk: Vec::new(), at: 0 },
+                    hasher: Some(Sha256::new()),
+                    bytes: 0,
+                },
+                done: hashed_tx,
+            };
+            let decrypted = decrypt_object(stored, &ids)?;
             let (tx, rx) = std::sync::mpsc::sync_channel(PIPE_BATCHES);
             s.spawn(move || pump(decrypted, tx));
             let (plain_bytes, plain_hash) = {
@@ -666,8 +694,10 @@ pub fn extract(
                 }
                 (plain.bytes, plain.hasher.map(|h| hex(&h.finalize())))
             };
+            // The decrypting thread drops age's reader, and with it the
+            // hasher, once age has read the object's end.
             let (stored_hash, stored_bytes) =
-                hashing.join().map_err(|_| BackupError::Io("the thread reading the object failed".into()))?;
+                hashed.recv().map_err(|_| BackupError::Io("the thread decrypting the object failed".into()))?;
             if stored_hash != m.stored_sha256 || stored_bytes != m.stored_bytes {
                 return Err(BackupError::Damaged(format!(
                     "the stored object's SHA-256 is {stored_hash}, the manifest says {} ({stored_bytes} bytes read, {} expected)",
@@ -714,6 +744,71 @@ fn write_pages(
         Err(pages::PageError::ReserveTooSmall(_)) => (side, &DbKey::Plaintext),
         Err(e) => return Err(BackupError::Damaged(e.to_string())),
     };
+    if matches!(target_key, DbKey::Plaintext) {
+        // A plaintext database is its pages end to end: this thread writes
+        // each batch it decompressed while the batch is still in its CPU's
+        // cache. Handing it to a writer thread made the kernel's copy into
+        // the page cache read it from another core's cache or from memory:
+        // about half of a restore's time went to that copy (BENCHMARKS.md,
+        // issue 6).
+        write_plain_pages(plain, page, h, target, progress, total)?;
+    } else {
+        write_encrypted_pages(plain, page, h, target, target_key, progress, total)?;
+    }
+    std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(io("cannot sync the restored database"))?;
+    if target == side {
+        keys::export(side, &DbKey::Plaintext, out, key)?;
+        let _ = std::fs::remove_file(side);
+    }
+    Ok(())
+}
+
+/// Writes a plaintext database's pages as the file itself, on this thread
+/// (`page` is the first page, already read).
+fn write_plain_pages(
+    plain: &mut impl Read,
+    page: Vec<u8>,
+    h: &pages::Header,
+    target: &Path,
+    progress: &mut impl FnMut(u64, u64),
+    total: u64,
+) -> Result<(), BackupError> {
+    let mut f = std::fs::File::create(target).map_err(io("cannot write the restored database"))?;
+    let page_len = h.page_len as usize;
+    let batch_len = page_len * (BUF_LEN / page_len).max(1);
+    let mut batch = page;
+    batch.resize(batch_len, 0);
+    let mut filled = page_len;
+    let mut left = (h.page_count - 1) as usize * page_len;
+    let mut done = pages::HEADER_LEN as u64;
+    loop {
+        let n = (batch_len - filled).min(left);
+        plain.read_exact(&mut batch[filled..filled + n]).map_err(cut_short)?;
+        filled += n;
+        left -= n;
+        // The lock page goes in as the zeros it was read as, as SQLite
+        // leaves it.
+        f.write_all(&batch[..filled]).map_err(io("cannot write the restored database"))?;
+        done += filled as u64;
+        progress(done, total);
+        filled = 0;
+        if left == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Writes an encrypted database's pages through SQLCipher, which encrypts
+/// them, on a writer thread (`page` is the first page, already read).
+fn write_encrypted_pages(
+    plain: &mut impl Read,
+    mut page: Vec<u8>,
+    h: &pages::Header,
+    target: &Path,
+    target_key: &DbKey,
+    progress: &mut impl FnMut(u64, u64),
+    total: u64,
+) -> Result<(), BackupError> {
     // This thread decompresses the stream (`extract`'s other threads read,
     // hash and decrypt the object) and hashes it for `verify`; a writer
     // thread writes the pages (and SQLCipher encrypts them). Batches of
@@ -724,9 +819,6 @@ fn write_pages(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BATCHES);
     let (read, written) = std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BackupError> {
-            if matches!(target_key, DbKey::Plaintext) {
-                return write_plain_file(rx, h, target);
-            }
             let fail = sql("cannot write the restored database");
             let conn = rusqlite::Connection::open(target).map_err(&fail)?;
             conn.pragma_update(None, "cipher_log_level", "NONE").map_err(&fail)?;
@@ -784,42 +876,10 @@ fn write_pages(
     // A damaged stream explains the writer's missing pages; a writer's
     // error explains a reader's "writer stopped".
     match (read, written) {
-        (Ok(()), w) => w?,
-        (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => return Err(w),
-        (Err(r), _) => return Err(r),
+        (Ok(()), w) => w,
+        (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => Err(w),
+        (Err(r), _) => Err(r),
     }
-    std::fs::File::open(target).and_then(|f| f.sync_all()).map_err(io("cannot sync the restored database"))?;
-    if target == side {
-        keys::export(side, &DbKey::Plaintext, out, key)?;
-        let _ = std::fs::remove_file(side);
-    }
-    Ok(())
-}
-
-/// Writes the pages arriving on `rx` as a plaintext database file: a
-/// plaintext database is its pages end to end, so no SQLite is needed (the
-/// lock page goes in as the zeros it was read as, as SQLite leaves it).
-fn write_plain_file(
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    h: &pages::Header,
-    target: &Path,
-) -> Result<(), BackupError> {
-    let f = std::fs::File::create(target).map_err(io("cannot write the restored database"))?;
-    let mut w = BufWriter::with_capacity(BUF_LEN, f);
-    let mut bytes = 0u64;
-    for batch in rx {
-        w.write_all(&batch).map_err(io("cannot write the restored database"))?;
-        bytes += batch.len() as u64;
-    }
-    if bytes != h.stream_len() - pages::HEADER_LEN as u64 {
-        return Err(BackupError::Damaged(format!(
-            "{} of {} pages arrived",
-            bytes / u64::from(h.page_len),
-            h.page_count
-        )));
-    }
-    w.flush().map_err(io("cannot write the restored database"))?;
-    Ok(())
 }
 
 /// Unpacks a backup made before page streams into `side`; returns the key
