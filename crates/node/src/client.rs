@@ -26,6 +26,9 @@ pub struct ClientOptions {
     /// Operations asked per snapshot page during a bootstrap (0: the
     /// hub's maximum, `SNAPSHOT_PAGE_LEN_MAX`).
     pub snapshot_page_len: usize,
+    /// Entries asked per pull page (0: `PULL_PAGE_LEN`). Tests make pulls
+    /// of many pages with a small one.
+    pub pull_page_len: usize,
 }
 
 /// A hub client.
@@ -162,6 +165,15 @@ impl HubClient {
     /// own, and connections must not move between runtimes.
     pub fn fresh(&self) -> Result<HubClient, SyncError> {
         HubClient::new(&self.base, self.token.clone(), &self.opts)
+    }
+
+    /// Entries asked per pull page.
+    pub fn pull_page_len(&self) -> usize {
+        match self.opts.pull_page_len {
+            0 => crate::sync::PULL_PAGE_LEN,
+            // The hub clamps what it is asked to its own maximum.
+            n => n,
+        }
     }
 
     /// Operations asked per snapshot page.

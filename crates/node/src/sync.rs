@@ -76,6 +76,10 @@ pub struct SyncReport {
 pub const PUSH_BATCH_LEN: usize = 200;
 /// Entries asked per pull page.
 pub const PULL_PAGE_LEN: usize = 500;
+/// The pause between two pulled pages applied back to back, in
+/// milliseconds: longer than a waiting writer's retry interval
+/// (`tillsync_store::BUSY_POLL_MS`), so a sale gets in between them.
+const PULL_PAGE_GAP_MS: u64 = 5;
 /// Pages a round may pull before yielding (the driver calls again).
 const PULL_PAGES_MAX: usize = 10_000;
 
@@ -136,6 +140,7 @@ pub fn client_for(dir: &Path, store: &Store) -> Result<HubClient, SyncError> {
         insecure: store.get_meta("hub_insecure")?.as_deref() == Some("true"),
         timeout_ms: config.as_ref().map(|c| c.sync.request_timeout_ms).unwrap_or(30_000),
         snapshot_page_len: config.as_ref().map(|c| c.sync.snapshot_page_len).unwrap_or(0),
+        pull_page_len: 0,
     };
     HubClient::new(&url, Some(load_token(dir)?), &opts)
 }
@@ -242,33 +247,21 @@ pub async fn bootstrap(
     // thousands of JSON values is a noticeable share of the applier's time.
     let (spent_tx, spent_rx) = std::sync::mpsc::channel::<DecodedPage>();
     let mut after = boot.after().map(SnapshotKey::from);
-    std::thread::Builder::new()
-        .name("bootstrap-fetch".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(SyncError::Config(format!("cannot start the fetch thread: {e}"))));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                loop {
-                    while let Ok(spent) = spent_rx.try_recv() {
-                        drop(spent);
-                    }
-                    let page = fetcher.snapshot_page(after.as_ref(), page_len).await;
-                    let next = page.as_ref().ok().and_then(|p| p.next.clone());
-                    let last = !matches!(&page, Ok(p) if p.next.is_some());
-                    // The applier went away (it failed): stop fetching.
-                    if tx.send(page.and_then(decode_page)).await.is_err() || last {
-                        return;
-                    }
-                    after = next;
-                }
-            });
-        })
-        .map_err(|e| SyncError::Config(format!("cannot start the fetch thread: {e}")))?;
+    spawn_fetch_thread("bootstrap-fetch", tx, move |tx| async move {
+        loop {
+            while let Ok(spent) = spent_rx.try_recv() {
+                drop(spent);
+            }
+            let page = fetcher.snapshot_page(after.as_ref(), page_len).await;
+            let next = page.as_ref().ok().and_then(|p| p.next.clone());
+            let last = !matches!(&page, Ok(p) if p.next.is_some());
+            // The applier went away (it failed): stop fetching.
+            if tx.send(page.and_then(decode_page)).await.is_err() || last {
+                return;
+            }
+            after = next;
+        }
+    })?;
     // The caller's checkpoint setting (`node run` sets its own) comes back
     // after the bulk apply.
     let checkpoint_pages: u32 =
@@ -392,6 +385,141 @@ impl Bootstrap {
     /// Operations queued back to the hub so far.
     pub fn relayed(&self) -> u64 {
         self.relayed
+    }
+}
+
+/// Starts a thread named `name` that runs `fetch` on a current-thread
+/// runtime of its own; `fetch` sends what it fetches on `tx`. A runtime
+/// that cannot start is sent on `tx` as the error.
+fn spawn_fetch_thread<T, F>(
+    name: &str,
+    tx: tokio::sync::mpsc::Sender<Result<T, SyncError>>,
+    fetch: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, SyncError>>) -> F + Send + 'static,
+) -> Result<(), SyncError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(fetch(tx)),
+            Err(e) => {
+                let _ = tx.blocking_send(Err(SyncError::Config(format!("cannot start the fetch thread: {e}"))));
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| SyncError::Config(format!("cannot start the fetch thread: {e}")))
+}
+
+/// A pulled page made ready to apply: its operations decoded and its
+/// received bytes counted per lane (on the fetch thread, when one runs).
+struct ReadyPage {
+    /// The cursor and tag the page was asked from.
+    asked: (u64, Option<String>),
+    ops: Vec<Op>,
+    /// Byte and entry counts, written with the page.
+    figures: Vec<MetaUpdate>,
+    entries: u64,
+    cursor: u64,
+    cursor_tag: Option<String>,
+    more: bool,
+    remaining: u64,
+    hub_time_ms: u64,
+}
+
+impl ReadyPage {
+    fn new(schema: &Schema, asked: (u64, Option<String>), page: PullResponse) -> Result<ReadyPage, SyncError> {
+        let ops = page_ops(&page)?;
+        // Received bytes are counted per lane as sent bytes are; an entry's
+        // lane follows from its operations, as it did on the sending till.
+        let mut received: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
+        let mut at = 0;
+        for e in &page.entries {
+            let n = e.ops.len();
+            let lane = tillsync_core::change::lane_for(schema, &ops[at..at + n]).unwrap_or(Lane::Telemetry);
+            at += n;
+            *received.entry(lane).or_default() += serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0);
+        }
+        let mut figures: Vec<MetaUpdate> =
+            received.iter().map(|(lane, b)| MetaUpdate::Add(format!("bytes_received_{lane}"), *b)).collect();
+        let total: u64 = received.values().sum();
+        if total > 0 {
+            figures.push(MetaUpdate::Add("bytes_received".into(), total));
+        }
+        if !page.entries.is_empty() {
+            figures.push(MetaUpdate::Add("pulled_total".into(), page.entries.len() as u64));
+        }
+        Ok(ReadyPage {
+            asked,
+            ops,
+            figures,
+            entries: page.entries.len() as u64,
+            cursor: page.cursor,
+            cursor_tag: page.cursor_tag,
+            more: page.more,
+            remaining: page.remaining,
+            hub_time_ms: page.hub_time_ms,
+        })
+    }
+}
+
+/// Pull pages after the first, fetched and decoded on a thread of their
+/// own (`pull-fetch`) while the till applies the one before: the hub's
+/// work and the decoding then overlap the apply, which runs on one core
+/// (BENCHMARKS.md, "Sync (issue 3)"). Each page is asked from where the
+/// previous one ended, which is where its apply leaves the cursor. At most
+/// one ready page waits, so memory does not grow with the pull. Dropped,
+/// it stops the thread after its current request.
+struct PullAhead {
+    rx: tokio::sync::mpsc::Receiver<Result<ReadyPage, SyncError>>,
+    /// Applied pages' operations go back to be freed there: freeing
+    /// thousands of JSON values is a noticeable share of an apply.
+    spent: std::sync::mpsc::Sender<Vec<Op>>,
+}
+
+impl PullAhead {
+    fn start(client: &HubClient, schema: &Schema, cursor: u64, tag: Option<String>) -> Result<PullAhead, SyncError> {
+        let fetcher = client.fresh()?;
+        let schema = schema.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ReadyPage, SyncError>>(1);
+        let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Op>>();
+        spawn_fetch_thread("pull-fetch", tx, move |tx| async move {
+            let mut at = (cursor, tag);
+            loop {
+                while let Ok(ops) = spent_rx.try_recv() {
+                    drop(ops);
+                }
+                let page = fetcher.pull(at.0, at.1.as_deref(), fetcher.pull_page_len()).await;
+                let ready = page.and_then(|p| ReadyPage::new(&schema, at.clone(), p));
+                // The tag as the store keeps it: an empty one is none.
+                let next = ready
+                    .as_ref()
+                    .ok()
+                    .filter(|p| p.more)
+                    .map(|p| (p.cursor, p.cursor_tag.clone().filter(|t| !t.is_empty())));
+                // The applier went away (it failed or stopped): stop.
+                if tx.send(ready).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(n) => at = n,
+                    None => return,
+                }
+            }
+        })?;
+        Ok(PullAhead { rx, spent })
+    }
+
+    /// The next page, in order.
+    async fn next(&mut self) -> Result<ReadyPage, SyncError> {
+        self.rx.recv().await.unwrap_or_else(|| Err(SyncError::Network("the pull's fetch thread stopped".into())))
+    }
+
+    /// Hands an applied page's operations back to be freed on the thread.
+    fn free(&self, ops: Vec<Op>) {
+        // A thread that has ended leaves them to be freed here.
+        let _ = self.spent.send(ops);
     }
 }
 
@@ -624,42 +752,44 @@ async fn round(
     if store.boot_progress()?.is_some() {
         bootstrap(store, client, Some(mark)).await?;
     }
-    // Pull every page; each page is applied with its cursor in one transaction.
+    // Pull every page; each page is applied with its cursor in one
+    // transaction. The first page is fetched here; when more follow (and
+    // the link is not metered), the next pages are fetched and decoded on a
+    // thread of their own while this one applies (`PullAhead`).
+    let may_fetch_ahead = opts.metered_lanes.is_none() || opts.force;
+    let mut ahead: Option<PullAhead> = None;
     for _ in 0..PULL_PAGES_MAX {
         let cursor = store.pull_cursor()?;
         let tag = store.pull_cursor_tag()?;
-        let page = match client.pull(cursor, tag.as_deref(), PULL_PAGE_LEN).await {
+        let fetched = match ahead.as_mut() {
+            Some(a) => a.next().await,
+            None => match client.pull(cursor, tag.as_deref(), client.pull_page_len()).await {
+                Ok(p) => ReadyPage::new(store.schema(), (cursor, tag.clone()), p),
+                Err(e) => Err(e),
+            },
+        };
+        let page = match fetched {
             Ok(p) => p,
             Err(SyncError::Hub { code, .. }) if code == "cursor_expired" => {
                 // The outbox was pushed above; the snapshot merges into this
-                // till and leaves its outbox alone.
+                // till and leaves its outbox alone. Pages fetched ahead came
+                // from the old cursor: they are dropped with the thread.
+                ahead = None;
                 bootstrap(store, client, Some(mark)).await?;
                 report.rebootstrapped = true;
                 continue;
             }
             Err(e) => return Err(e),
         };
-        let ops = page_ops(&page)?;
-        report.pulled += page.entries.len() as u64;
-        // Received bytes are counted per lane as sent bytes are; an entry's
-        // lane follows from its operations, as it did on the sending till.
-        let mut received: std::collections::BTreeMap<Lane, u64> = std::collections::BTreeMap::new();
-        let mut at = 0;
-        for e in &page.entries {
-            let n = e.ops.len();
-            let lane = tillsync_core::change::lane_for(store.schema(), &ops[at..at + n]).unwrap_or(Lane::Telemetry);
-            at += n;
-            *received.entry(lane).or_default() += serde_json::to_string(&e.ops).map(|j| j.len() as u64).unwrap_or(0);
+        if page.asked != (cursor, tag.clone()) {
+            // The fetch thread asks from where the previous page ended,
+            // which is where its apply left the cursor: never otherwise.
+            return Err(SyncError::Network("a page fetched ahead does not start at the pull cursor".into()));
         }
-        let mut figures: Vec<MetaUpdate> =
-            received.iter().map(|(lane, b)| MetaUpdate::Add(format!("bytes_received_{lane}"), *b)).collect();
-        let total: u64 = received.values().sum();
-        if total > 0 {
-            figures.push(MetaUpdate::Add("bytes_received".into(), total));
+        if ahead.is_none() && page.more && may_fetch_ahead {
+            ahead = Some(PullAhead::start(client, store.schema(), page.cursor, page.cursor_tag.clone())?);
         }
-        if !page.entries.is_empty() {
-            figures.push(MetaUpdate::Add("pulled_total".into(), page.entries.len() as u64));
-        }
+        report.pulled += page.entries;
         if opts.metered_lanes.is_some() && !opts.force && page.remaining > METERED_PULL_LEN_MAX {
             report.deferred_pull = true;
         }
@@ -667,11 +797,18 @@ async fn round(
         // nothing was pushed.
         report.skew_ms = now_ms() as i64 - page.hub_time_ms as i64;
         tally.skew_ms = Some(report.skew_ms);
-        if page.cursor != cursor || !ops.is_empty() || page.cursor_tag != tag {
+        if page.cursor != cursor || !page.ops.is_empty() || page.cursor_tag != tag {
             // The page's figures count what this transaction applies.
-            store.apply_pulled_with(&ops, page.cursor, page.cursor_tag.as_deref(), &figures)?;
+            store.apply_pulled_with(&page.ops, page.cursor, page.cursor_tag.as_deref(), &page.figures)?;
         } else {
-            tally.left.extend(figures);
+            tally.left.extend(page.figures);
+        }
+        if let Some(a) = &ahead {
+            a.free(page.ops);
+            // Pages fetched ahead are applied back to back: the gap lets a
+            // sale waiting on the database in (it tries every
+            // `BUSY_POLL_MS`), as the wait for the next page used to.
+            tokio::time::sleep(std::time::Duration::from_millis(PULL_PAGE_GAP_MS)).await;
         }
         if !page.more || report.deferred_pull {
             break;

@@ -338,14 +338,16 @@ fn observer(tenant: uuid::Uuid, store: uuid::Uuid) -> tillsync_hub::DeviceAuth {
 // Paged bootstrap
 // ---------------------------------------------------------------------------
 
-/// Called before each `GET /v1/snapshot` with its number (from 0) and its
-/// query; answering false makes the hub answer 503 instead.
+/// Called before each hooked request (`GET /v1/snapshot` or `/v1/pull`)
+/// with its number (from 0) and its query; answering false makes the hub
+/// answer 503 instead.
 type SnapshotHook = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
 
 /// The hub's router on a new port, with `hook` run (on the blocking pool)
-/// before each snapshot request; the queries seen are recorded.
+/// before each request to `path`; the queries seen are recorded.
 async fn serve_hooked(
     storage: Arc<dyn HubStorage>,
+    path: &'static str,
     hook: SnapshotHook,
 ) -> (String, tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::response::IntoResponse;
@@ -355,7 +357,7 @@ async fn serve_hooked(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let (hook, log) = (hook.clone(), log.clone());
             async move {
-                if req.uri().path() == "/v1/snapshot" {
+                if req.uri().path() == path {
                     let q = req.uri().query().unwrap_or("").to_string();
                     let n = {
                         let mut l = log.lock().unwrap();
@@ -419,7 +421,7 @@ async fn a_bootstrap_in_many_pages_matches_the_hub(backend: Backend) {
         sell(&mut a);
     }
     sync(&da, &mut a).await;
-    let (url, server, seen) = serve_hooked(h.hub.clone(), Arc::new(|_, _| true)).await;
+    let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/snapshot", Arc::new(|_, _| true)).await;
     let db = tmp.path().join("b");
     let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
     let queries = seen.lock().unwrap().clone();
@@ -469,7 +471,7 @@ async fn writes_between_pages_are_not_lost(backend: Backend) {
         }
         true
     });
-    let (url, server, _) = serve_hooked(h.hub.clone(), hook).await;
+    let (url, server, _) = serve_hooked(h.hub.clone(), "/v1/snapshot", hook).await;
     let db = tmp.path().join("b");
     let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
     assert!(pushed.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the price change and a sale landed between pages");
@@ -514,7 +516,7 @@ async fn a_compaction_between_pages_loses_nothing(backend: Backend) {
         }
         true
     });
-    let (url, server, _) = serve_hooked(h.hub.clone(), hook).await;
+    let (url, server, _) = serve_hooked(h.hub.clone(), "/v1/snapshot", hook).await;
     let db = tmp.path().join("b");
     let mut b = paged_till(&h, &url, &db, 2).await.unwrap();
     // B's cursor is behind the horizon: its next round bootstraps again and
@@ -542,7 +544,7 @@ async fn an_interrupted_bootstrap_resumes_after_its_last_key(backend: Backend) {
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failed.clone();
     let hook: SnapshotHook = Arc::new(move |n, _| n != 5 || f.swap(true, std::sync::atomic::Ordering::SeqCst));
-    let (url, server, seen) = serve_hooked(h.hub.clone(), hook).await;
+    let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/snapshot", hook).await;
     let db = tmp.path().join("b");
     let err = paged_till(&h, &url, &db, 2).await.unwrap_err();
     assert!(err.to_string().contains("injected"), "{err}");
@@ -570,6 +572,96 @@ async fn an_interrupted_bootstrap_resumes_after_its_last_key(backend: Backend) {
     assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
     let cursor = b.pull_cursor().unwrap();
     assert!(cursor > 0);
+    server.abort();
+    h.server.abort();
+}
+
+/// Pull pages this small make a few dozen sales many pages.
+const SMALL_PULL_LEN: usize = 4;
+
+/// The `after` of each recorded pull query.
+fn pull_afters(queries: &[String]) -> Vec<u64> {
+    queries.iter().map(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")).unwrap().parse().unwrap()).collect()
+}
+
+/// A pull of many pages, the pages after the first fetched ahead on a
+/// thread of their own while the till applies: changes that reach the
+/// hub meanwhile are pulled too, no page is asked twice or skipped, and
+/// a compaction part way through (the pages fetched ahead now come from
+/// behind the horizon) ends in a bootstrap with nothing lost.
+async fn a_pull_in_many_pages_fetched_ahead_matches_the_hub(backend: Backend) {
+    let tmp = tempfile::tempdir().unwrap();
+    let h = start(backend, &tmp.path().join("hub")).await;
+    let (da, db) = (tmp.path().join("a"), tmp.path().join("b"));
+    let mut a = till(&h, &da, 1).await;
+    let mut b = till(&h, &db, 2).await;
+    for _ in 0..30 {
+        sell(&mut a);
+    }
+    a.update_product(now(), "LATTE", &ProductFields { price_minor: Some(470), ..Default::default() }).unwrap();
+    sync(&da, &mut a).await;
+    // Three more of A's changes reach the hub one at a time, from the
+    // third pull request on, while B's pull is under way.
+    for _ in 0..3 {
+        sell(&mut a);
+    }
+    let pushes = std::sync::Mutex::new(pending_one_by_one(&a));
+    let (hub, auth) = (h.hub.clone(), device_auth(&*h.hub, &da));
+    let hook: SnapshotHook = Arc::new(move |n, _| {
+        if n >= 2
+            && let Some(req) = pushes.lock().unwrap().pop_front()
+        {
+            hub.push(&auth, &req, now()).unwrap();
+        }
+        true
+    });
+    let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/pull", hook).await;
+    let opts = ClientOptions { pull_page_len: SMALL_PULL_LEN, ..ClientOptions::default() };
+    let token = tillsync_node::sync::load_token(&db).unwrap();
+    let client = tillsync_node::HubClient::new(&url, Some(token.clone()), &opts).unwrap();
+    let before = b.pull_cursor().unwrap();
+    let r = sync_once(&mut b, &client, now).await.unwrap();
+    assert!(!r.rebootstrapped);
+    let afters = pull_afters(&seen.lock().unwrap());
+    assert!(afters.len() >= 34 / SMALL_PULL_LEN, "many pages: {afters:?}");
+    assert_eq!(afters[0], before, "the first page is asked from the till's cursor");
+    assert!(afters.windows(2).all(|w| w[0] < w[1]), "each page asked once, in order: {afters:?}");
+    // What the hub's log holds for B past its old cursor, asked in one go:
+    // A's 31 changes before the pull, the 3 during it, and what else A's
+    // rounds logged.
+    let logged = h.hub.pull(&device_auth(&*h.hub, &db), before, 1_000, now()).unwrap();
+    assert!(!logged.more && logged.entries.len() >= 34, "{}", logged.entries.len());
+    assert_eq!(r.pulled, logged.entries.len() as u64, "every entry once");
+    assert_eq!(b.sales_count().unwrap(), 33);
+    assert_eq!(b.product("LATTE").unwrap().price_minor, 470);
+    assert_eq!(b.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
+    assert_eq!(sync(&db, &mut b).await.pulled, 0, "the cursor is the hub's");
+    server.abort();
+
+    // The same with a compaction before the fourth request: that page and
+    // the ones after it were asked from behind the new horizon.
+    let dc = tmp.path().join("c");
+    let mut c = till(&h, &dc, 3).await;
+    for _ in 0..20 {
+        sell(&mut a);
+    }
+    sync(&da, &mut a).await;
+    let (hub, tenant) = (h.hub.clone(), h.tenant);
+    let hook: SnapshotHook = Arc::new(move |n, _| {
+        if n == 3 {
+            hub.compact(tenant, 0).unwrap();
+        }
+        true
+    });
+    let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/pull", hook).await;
+    let token = tillsync_node::sync::load_token(&dc).unwrap();
+    let client = tillsync_node::HubClient::new(&url, Some(token), &opts).unwrap();
+    let r = sync_once(&mut c, &client, now).await.unwrap();
+    assert!(r.rebootstrapped, "the fetched-ahead page met the horizon");
+    assert!(seen.lock().unwrap().len() >= 4);
+    assert_eq!(c.sales_count().unwrap(), 53);
+    assert_eq!(c.product("LATTE").unwrap().price_minor, 470);
+    assert_eq!(c.digests().unwrap().0, h.hub.store_digest(h.tenant, h.store).unwrap());
     server.abort();
     h.server.abort();
 }
@@ -618,4 +710,5 @@ on_every_backend!(
     writes_between_pages_are_not_lost,
     a_compaction_between_pages_loses_nothing,
     an_interrupted_bootstrap_resumes_after_its_last_key,
+    a_pull_in_many_pages_fetched_ahead_matches_the_hub,
 );

@@ -387,7 +387,7 @@ pub fn open(db: &Path, flags: OpenFlags) -> Result<(Connection, DbKey), StoreErr
 /// tests that read the database directly.
 pub fn connect(db: &Path) -> Result<Connection, StoreError> {
     let (conn, _) = open(db, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
-    conn.busy_timeout(std::time::Duration::from_millis(crate::BUSY_TIMEOUT_MS))?;
+    crate::set_busy_wait(&conn)?;
     Ok(conn)
 }
 
@@ -576,7 +576,7 @@ pub fn export(src: &Path, src_key: &DbKey, dst: &Path, dst_key: &DbKey) -> Resul
             }
             _ => e.into(),
         })?;
-    out.busy_timeout(std::time::Duration::from_millis(crate::BUSY_TIMEOUT_MS))?;
+    crate::set_busy_wait(&out)?;
     out.execute_batch("BEGIN")?;
     let r = (|| -> Result<(), StoreError> {
         out.query_row("SELECT sqlcipher_export('main', 'src')", [], |_| Ok(()))?;

@@ -36,6 +36,29 @@ pub const DB_FILE: &str = "till.db";
 
 /// How long a writer waits for another process holding the database.
 pub const BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How often a waiting writer tries the database again, in milliseconds.
+/// SQLite's own wait (`busy_timeout`) sleeps longer and longer, up to 100
+/// ms between tries: a sale waiting beside a pull that commits page after
+/// page then misses the short gaps between the pull's transactions and
+/// waits for hundreds of milliseconds (BENCHMARKS.md, "Sync (issue 3)").
+pub const BUSY_POLL_MS: u64 = 1;
+
+/// SQLite's busy handler for a till's connections: tries again every
+/// [`BUSY_POLL_MS`] until about [`BUSY_TIMEOUT_MS`] have passed.
+fn busy_wait(tries: i32) -> bool {
+    if tries as u64 >= BUSY_TIMEOUT_MS / BUSY_POLL_MS {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(BUSY_POLL_MS));
+    true
+}
+
+/// Sets a till connection's wait for a database another connection holds:
+/// [`busy_wait`].
+pub fn set_busy_wait(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_handler(Some(busy_wait))?;
+    Ok(())
+}
 
 /// Who this till is.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -69,7 +92,7 @@ impl std::fmt::Debug for Store {
 }
 
 fn configure(conn: &Connection) -> Result<(), StoreError> {
-    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS))?;
+    set_busy_wait(conn)?;
     // WAL lets readers (status, UI) run beside the writer; FULL syncs the WAL
     // on every commit so an acknowledged sale is on disk.
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
