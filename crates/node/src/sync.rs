@@ -485,14 +485,14 @@ impl PullAhead {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<ReadyPage, SyncError>>(1);
         let (spent, spent_rx) = std::sync::mpsc::channel::<Vec<Op>>();
         spawn_fetch_thread("pull-fetch", tx, move |tx| async move {
-            let mut at = (cursor, tag);
+            // Tags as the store keeps them: an empty one is none.
+            let mut at = (cursor, tag.filter(|t| !t.is_empty()));
             loop {
                 while let Ok(ops) = spent_rx.try_recv() {
                     drop(ops);
                 }
                 let page = fetcher.pull(at.0, at.1.as_deref(), fetcher.pull_page_len()).await;
                 let ready = page.and_then(|p| ReadyPage::new(&schema, at.clone(), p));
-                // The tag as the store keeps it: an empty one is none.
                 let next = ready
                     .as_ref()
                     .ok()
