@@ -746,11 +746,11 @@ fn write_pages(
     };
     if matches!(target_key, DbKey::Plaintext) {
         // A plaintext database is its pages end to end: this thread writes
-        // each batch it decompressed while the batch is still in its CPU's
-        // cache. Handing it to a writer thread made the kernel's copy into
-        // the page cache read it from another core's cache or from memory:
-        // about half of a restore's time went to that copy (BENCHMARKS.md,
-        // issue 6).
+        // each batch it decompressed, with no hand-off to a writer thread.
+        // With one, the kernel's copy into the page cache was up to half of
+        // a restore's samples, and restores were slower in an interleaved
+        // A/B (BENCHMARKS.md, issue 6; why the copy costs that much is not
+        // known).
         write_plain_pages(plain, page, h, target, progress, total)?;
     } else {
         write_encrypted_pages(plain, page, h, target, target_key, progress, total)?;

@@ -763,10 +763,10 @@ async fn round(
         let tag = store.pull_cursor_tag()?;
         let fetched = match ahead.as_mut() {
             Some(a) => a.next().await,
-            None => match client.pull(cursor, tag.as_deref(), client.pull_page_len()).await {
-                Ok(p) => ReadyPage::new(store.schema(), (cursor, tag.clone()), p),
-                Err(e) => Err(e),
-            },
+            None => client
+                .pull(cursor, tag.as_deref(), client.pull_page_len())
+                .await
+                .and_then(|p| ReadyPage::new(store.schema(), (cursor, tag.clone()), p)),
         };
         let page = match fetched {
             Ok(p) => p,
@@ -781,7 +781,7 @@ async fn round(
             }
             Err(e) => return Err(e),
         };
-        if page.asked != (cursor, tag.clone()) {
+        if page.asked.0 != cursor || page.asked.1 != tag {
             // The fetch thread asks from where the previous page ended,
             // which is where its apply left the cursor: never otherwise.
             return Err(SyncError::Network("a page fetched ahead does not start at the pull cursor".into()));

@@ -341,14 +341,14 @@ fn observer(tenant: uuid::Uuid, store: uuid::Uuid) -> tillsync_hub::DeviceAuth {
 /// Called before each hooked request (`GET /v1/snapshot` or `/v1/pull`)
 /// with its number (from 0) and its query; answering false makes the hub
 /// answer 503 instead.
-type SnapshotHook = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
+type RequestHook = Arc<dyn Fn(usize, &str) -> bool + Send + Sync>;
 
 /// The hub's router on a new port, with `hook` run (on the blocking pool)
 /// before each request to `path`; the queries seen are recorded.
 async fn serve_hooked(
     storage: Arc<dyn HubStorage>,
     path: &'static str,
-    hook: SnapshotHook,
+    hook: RequestHook,
 ) -> (String, tokio::task::JoinHandle<()>, Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::response::IntoResponse;
     let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
@@ -461,7 +461,7 @@ async fn writes_between_pages_are_not_lost(backend: Backend) {
     let pushes = std::sync::Mutex::new(queue);
     let pushed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (hub, auth, count) = (h.hub.clone(), device_auth(&*h.hub, &da), pushed.clone());
-    let hook: SnapshotHook = Arc::new(move |_, q| {
+    let hook: RequestHook = Arc::new(move |_, q| {
         if q.contains("after=l%3A")
             && let Some(req) = pushes.lock().unwrap().pop_front()
         {
@@ -505,7 +505,7 @@ async fn a_compaction_between_pages_loses_nothing(backend: Backend) {
     // Pages 3.. each get one of A's changes; page 8 first compacts the whole
     // log, so B's cursor (from page 1) falls behind the horizon.
     let (hub, auth, tenant) = (h.hub.clone(), device_auth(&*h.hub, &da), h.tenant);
-    let hook: SnapshotHook = Arc::new(move |n, _| {
+    let hook: RequestHook = Arc::new(move |n, _| {
         if n == 8 {
             hub.compact(tenant, 0).unwrap();
         }
@@ -543,7 +543,7 @@ async fn an_interrupted_bootstrap_resumes_after_its_last_key(backend: Backend) {
     // The 6th snapshot request fails once (the hub or the link went down).
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let f = failed.clone();
-    let hook: SnapshotHook = Arc::new(move |n, _| n != 5 || f.swap(true, std::sync::atomic::Ordering::SeqCst));
+    let hook: RequestHook = Arc::new(move |n, _| n != 5 || f.swap(true, std::sync::atomic::Ordering::SeqCst));
     let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/snapshot", hook).await;
     let db = tmp.path().join("b");
     let err = paged_till(&h, &url, &db, 2).await.unwrap_err();
@@ -607,7 +607,7 @@ async fn a_pull_in_many_pages_fetched_ahead_matches_the_hub(backend: Backend) {
     }
     let pushes = std::sync::Mutex::new(pending_one_by_one(&a));
     let (hub, auth) = (h.hub.clone(), device_auth(&*h.hub, &da));
-    let hook: SnapshotHook = Arc::new(move |n, _| {
+    let hook: RequestHook = Arc::new(move |n, _| {
         if n >= 2
             && let Some(req) = pushes.lock().unwrap().pop_front()
         {
@@ -618,7 +618,7 @@ async fn a_pull_in_many_pages_fetched_ahead_matches_the_hub(backend: Backend) {
     let (url, server, seen) = serve_hooked(h.hub.clone(), "/v1/pull", hook).await;
     let opts = ClientOptions { pull_page_len: SMALL_PULL_LEN, ..ClientOptions::default() };
     let token = tillsync_node::sync::load_token(&db).unwrap();
-    let client = tillsync_node::HubClient::new(&url, Some(token.clone()), &opts).unwrap();
+    let client = tillsync_node::HubClient::new(&url, Some(token), &opts).unwrap();
     let before = b.pull_cursor().unwrap();
     let r = sync_once(&mut b, &client, now).await.unwrap();
     assert!(!r.rebootstrapped);
@@ -647,7 +647,7 @@ async fn a_pull_in_many_pages_fetched_ahead_matches_the_hub(backend: Backend) {
     }
     sync(&da, &mut a).await;
     let (hub, tenant) = (h.hub.clone(), h.tenant);
-    let hook: SnapshotHook = Arc::new(move |n, _| {
+    let hook: RequestHook = Arc::new(move |n, _| {
         if n == 3 {
             hub.compact(tenant, 0).unwrap();
         }
