@@ -506,15 +506,16 @@ fn wire(c: &Change) -> WireChange {
 
 // ---------------------------------------------------------------------------
 // The raw SQLite baseline: the same rows as JSON text in a table shaped like
-// the store's `ledger` (primary key and both indexes), WAL + synchronous=FULL.
+// the store's `ledger` (schema 3: rows in arrival order, the unique id, the
+// key index and the sales time index), WAL + synchronous=FULL.
 
 const BASE_SQL: &str = "
     CREATE TABLE ledger(
-        id TEXT PRIMARY KEY, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
+        id TEXT NOT NULL UNIQUE, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
         device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL
-    ) WITHOUT ROWID;
+    );
     CREATE INDEX ledger_key ON ledger(tbl, key);
-    CREATE INDEX ledger_hlc ON ledger(tbl, hlc);";
+    CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';";
 
 struct BaseRow {
     id: String,
@@ -1234,25 +1235,38 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
     let hub_hwm = proc.mem().hwm;
     drop(store);
     let _ = std::fs::remove_dir_all(&till_dir);
-    // Baseline: the same number of sale changes, raw, pages of 500 changes.
+    // Baseline: the same number of sale changes, raw, pages of 500 changes,
+    // in the order the till gets them: the pre-load's devices take turns,
+    // a batch each, their clocks over the same milliseconds, so their ids
+    // interleave as the hub's log hands them out.
     let conn = base_db(&dir.join(format!("pull-baseline-{rep}.db")));
     let mut ids = IdGen::from_u64(9_000 + rep as u64);
-    let mut dev = SimDevice::new(ids.new_v7(now_ms()), ids.new_v7(now_ms()), Uuid::nil(), 9_000 + rep);
+    let store_id = ids.new_v7(now_ms());
+    let mut devs: Vec<SimDevice> =
+        (0..PRELOAD_DEVICES).map(|d| SimDevice::new(ids.new_v7(now_ms()), store_id, Uuid::nil(), 9_000 + d)).collect();
     let mut base_time = Duration::ZERO;
     let mut base_cpu = 0.0;
-    let mut left = report.pulled as usize;
-    let mut now = now_ms();
-    while left > 0 {
-        let k = left.min(PULL_PAGE_LEN);
-        let mut rows = Vec::with_capacity(k * ROWS_PER_SALE);
-        for _ in 0..k {
-            now += 1;
-            base_rows(&dev.sale(now), &mut rows);
+    let total = report.pulled as usize;
+    let start = now_ms();
+    let mut order = Vec::with_capacity(total);
+    let mut round = 0u64;
+    while order.len() < total {
+        for d in 0..devs.len() {
+            let k = (total - order.len()).min(PRELOAD_BATCH_LEN);
+            for j in 0..k {
+                order.push((d, start + round * PRELOAD_BATCH_LEN as u64 + j as u64));
+            }
+        }
+        round += 1;
+    }
+    for page in order.chunks(PULL_PAGE_LEN) {
+        let mut rows = Vec::with_capacity(page.len() * ROWS_PER_SALE);
+        for &(d, now) in page {
+            base_rows(&devs[d].sale(now), &mut rows);
         }
         let c0 = proc_cpu("thread-self");
         base_time += base_insert(&conn, &rows);
         base_cpu += proc_cpu("thread-self") - c0;
-        left -= k;
     }
     drop(conn);
     let _ = std::fs::remove_file(dir.join(format!("pull-baseline-{rep}.db")));

@@ -220,3 +220,76 @@ fn card_numbers_in_any_text_are_refused_and_nothing_is_written() {
     };
     a.add_product(2_005, "PEN", &pen).unwrap();
 }
+
+/// Schema 3 moved the ledger from an id-ordered table to one in arrival
+/// order. A till made before that keeps every row, its digests, its sales
+/// list and its receipts when it is opened by this build.
+#[test]
+fn a_schema_2_till_is_migrated_to_the_arrival_order_ledger_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::create(dir.path(), identity(1), Schema::standard(), IdGen::from_u64(1)).unwrap();
+    let f = ProductFields { name: Some("Tea".into()), price_minor: Some(100), ..Default::default() };
+    s.add_product(1_000, "TEA", &f).unwrap();
+    s.receive_stock(1_001, "TEA", 50).unwrap();
+    for i in 0..30 {
+        sell(&mut s, 2_000 + i, "TEA", 1);
+    }
+    let digests = s.digests().unwrap();
+    let sales: Vec<String> = s.sales(100).unwrap().into_iter().map(|x| x.receipt).collect();
+    assert_eq!(sales.len(), 30);
+    drop(s);
+    // Put the ledger back as schema 2 had it: WITHOUT ROWID, keyed by id.
+    let conn = rusqlite_conn(dir.path());
+    conn.execute_batch(
+        "BEGIN;
+         CREATE TABLE ledger_v2(
+             id TEXT PRIMARY KEY, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
+             device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL
+         ) WITHOUT ROWID;
+         INSERT INTO ledger_v2 SELECT id, tbl, key, store_id, device, hlc, data FROM ledger;
+         DROP TABLE ledger;
+         ALTER TABLE ledger_v2 RENAME TO ledger;
+         CREATE INDEX ledger_key ON ledger(tbl, key);
+         CREATE INDEX ledger_hlc ON ledger(tbl, hlc);
+         PRAGMA user_version = 2;
+         COMMIT;",
+    )
+    .unwrap();
+    drop(conn);
+    let mut s = Store::open(dir.path(), Schema::standard(), IdGen::from_u64(2)).unwrap();
+    let (version, sql): (i64, String) = s
+        .connection()
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), sql FROM sqlite_master WHERE name = 'ledger'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(version, 3);
+    assert!(!sql.contains("WITHOUT ROWID"), "{sql}");
+    let indexes: BTreeSet<String> = {
+        let mut st = s
+            .connection()
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'ledger'")
+            .unwrap();
+        st.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    };
+    assert!(indexes.contains("ledger_key") && indexes.contains("ledger_sales_hlc"), "{indexes:?}");
+    assert!(!indexes.contains("ledger_hlc"), "{indexes:?}");
+    assert_eq!(s.digests().unwrap(), digests);
+    let after: Vec<String> = s.sales(100).unwrap().into_iter().map(|x| x.receipt).collect();
+    assert_eq!(after, sales);
+    // Receipts go on from where they were, and a row already stored is
+    // still refused as a duplicate by the new unique index.
+    let next = sell(&mut s, 3_000, "TEA", 1);
+    assert!(!sales.contains(&next));
+    assert_eq!(s.sales_count().unwrap(), 31);
+    // Sales listed oldest first come from the sales time index.
+    let rows = s.ledger_rows("sales").unwrap();
+    assert_eq!(rows.len(), 31);
+    assert!(rows.windows(2).all(|w| (w[0].hlc, w[0].id) < (w[1].hlc, w[1].id)));
+    assert_eq!(s.ledger_rows("stock_movements").unwrap().len(), 32);
+    let dup: i64 =
+        s.connection().execute("INSERT OR IGNORE INTO ledger SELECT * FROM ledger LIMIT 1", []).unwrap() as i64;
+    assert_eq!(dup, 0);
+}
