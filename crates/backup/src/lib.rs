@@ -673,7 +673,10 @@ pub fn extract(
                 let z = zstd::stream::Decoder::new(ChannelRead { rx, chunk: Vec::new(), at: 0 })
                     .map_err(|e| BackupError::Damaged(e.to_string()))?;
                 let hasher = (check == Check::Both).then(Sha256::new);
-                let mut plain = TeeRead { inner: BufReader::with_capacity(BUF_LEN, z), hasher, bytes: 0 };
+                // No buffer between zstd and the pages: the decoder writes
+                // straight into the batch that is written out, one copy of
+                // a gigabyte fewer on the busiest thread.
+                let mut plain = TeeRead { inner: z, hasher, bytes: 0 };
                 let mut head = [0u8; pages::HEADER_LEN];
                 plain.read_exact(&mut head).map_err(cut_short)?;
                 match pages::Header::decode(&head) {
@@ -763,8 +766,56 @@ fn write_pages(
     Ok(())
 }
 
-/// Writes a plaintext database's pages as the file itself, on this thread
-/// (`page` is the first page, already read).
+/// What a direct write's buffer address and length must be multiples of:
+/// the largest logical block size of the disks a till runs on.
+const DIRECT_ALIGN: usize = 4096;
+
+/// A buffer whose bytes start at a multiple of [`DIRECT_ALIGN`], as direct
+/// I/O requires. It is made without unsafe code: a little more is
+/// allocated and the aligned part is used.
+struct Aligned {
+    raw: Vec<u8>,
+    at: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn new(cap: usize) -> Aligned {
+        let raw = vec![0u8; cap + DIRECT_ALIGN];
+        let at = raw.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        Aligned { raw, at, len: 0 }
+    }
+
+    fn aligned(&self) -> bool {
+        self.at < DIRECT_ALIGN
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.raw[self.at..self.at + self.len]
+    }
+
+    /// Fills the buffer with `head` and then the next `n - head.len()`
+    /// bytes of `r`.
+    fn fill(&mut self, head: &[u8], r: &mut impl Read, n: usize) -> Result<(), BackupError> {
+        let at = self.at;
+        self.raw[at..at + head.len()].copy_from_slice(head);
+        r.read_exact(&mut self.raw[at + head.len()..at + n]).map_err(cut_short)?;
+        self.len = n;
+        Ok(())
+    }
+}
+
+/// Writes a plaintext database's pages as the file itself (`page` is the
+/// first page, already read).
+///
+/// Where the filesystem allows it, the file is written with direct I/O
+/// (`O_DIRECT`) by a writer thread, while this thread decompresses. A
+/// buffered write copies every byte into newly allocated page-cache pages,
+/// and on this machine class that copy swung from a quarter to over a
+/// second per gigabyte from one run to the next (`copy_folio_from_iter_atomic`
+/// was 40 % of a slow restore's samples; BENCHMARKS.md, issue 6). A direct
+/// write hands the buffer to the disk, costs the writer thread almost no
+/// CPU, and leaves the final sync only metadata to write.
 fn write_plain_pages(
     plain: &mut impl Read,
     page: Vec<u8>,
@@ -773,29 +824,119 @@ fn write_plain_pages(
     progress: &mut impl FnMut(u64, u64),
     total: u64,
 ) -> Result<(), BackupError> {
-    let mut f = std::fs::File::create(target).map_err(io("cannot write the restored database"))?;
     let page_len = h.page_len as usize;
     let batch_len = page_len * (BUF_LEN / page_len).max(1);
-    let mut batch = page;
-    batch.resize(batch_len, 0);
-    let mut filled = page_len;
-    let mut left = (h.page_count - 1) as usize * page_len;
-    let mut done = pages::HEADER_LEN as u64;
-    loop {
-        let n = (batch_len - filled).min(left);
-        plain.read_exact(&mut batch[filled..filled + n]).map_err(cut_short)?;
-        filled += n;
-        left -= n;
+    let file_len = h.page_count as usize * page_len;
+    let mut first = Aligned::new(batch_len);
+    let n = batch_len.min(file_len);
+    first.fill(&page, plain, n)?;
+    let left = file_len - n;
+    let done = pages::HEADER_LEN as u64 + n as u64;
+    progress(done, total);
+    if let Some(f) = direct_file(target, batch_len, file_len, &first)? {
+        return write_direct(plain, f, first, batch_len, left, done, progress, total);
+    }
+    let mut f = std::fs::File::create(target).map_err(io("cannot write the restored database"))?;
+    f.write_all(first.bytes()).map_err(io("cannot write the restored database"))?;
+    let mut batch = first;
+    let (mut left, mut done) = (left, done);
+    while left > 0 {
+        let n = batch_len.min(left);
+        batch.fill(&[], plain, n)?;
         // The lock page goes in as the zeros it was read as, as SQLite
         // leaves it.
-        f.write_all(&batch[..filled]).map_err(io("cannot write the restored database"))?;
-        done += filled as u64;
+        f.write_all(batch.bytes()).map_err(io("cannot write the restored database"))?;
+        left -= n;
+        done += n as u64;
         progress(done, total);
-        filled = 0;
-        if left == 0 {
-            return Ok(());
-        }
     }
+    Ok(())
+}
+
+/// Opens `target` for direct writes and writes `first` through it. None
+/// when direct I/O cannot be used: the batches or the file are not whole
+/// blocks, the platform or the filesystem has no direct I/O (tmpfs refuses
+/// it when opening), or the disk's blocks are larger than
+/// [`DIRECT_ALIGN`] (the first write is refused); the caller then writes
+/// the file through the page cache, from the start.
+#[cfg(target_os = "linux")]
+fn direct_file(
+    target: &Path,
+    batch_len: usize,
+    file_len: usize,
+    first: &Aligned,
+) -> Result<Option<std::fs::File>, BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !batch_len.is_multiple_of(DIRECT_ALIGN) || !file_len.is_multiple_of(DIRECT_ALIGN) || !first.aligned() {
+        return Ok(None);
+    }
+    let refused = |e: &io::Error| e.raw_os_error() == Some(libc::EINVAL);
+    let opened =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_DIRECT).open(target);
+    let mut f = match opened {
+        Ok(f) => f,
+        Err(e) if refused(&e) => return Ok(None),
+        Err(e) => return Err(io("cannot write the restored database")(e)),
+    };
+    match f.write_all(first.bytes()) {
+        Ok(()) => Ok(Some(f)),
+        Err(e) if refused(&e) => Ok(None),
+        Err(e) => Err(io("cannot write the restored database")(e)),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn direct_file(_: &Path, _: usize, _: usize, _: &Aligned) -> Result<Option<std::fs::File>, BackupError> {
+    Ok(None)
+}
+
+/// The rest of a direct write: this thread fills aligned batches, a writer
+/// thread writes them in order. Emptied batches come back for reuse, so
+/// memory stays at about `PIPE_BATCHES` batches.
+#[allow(clippy::too_many_arguments)]
+fn write_direct(
+    plain: &mut impl Read,
+    f: std::fs::File,
+    first: Aligned,
+    batch_len: usize,
+    mut left: usize,
+    mut done: u64,
+    progress: &mut impl FnMut(u64, u64),
+    total: u64,
+) -> Result<(), BackupError> {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Aligned>(PIPE_BATCHES);
+    let (empty_tx, empty_rx) = std::sync::mpsc::sync_channel::<Aligned>(PIPE_BATCHES + 2);
+    let _ = empty_tx.try_send(first);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || -> Result<(), BackupError> {
+            let mut f = f;
+            for batch in full_rx {
+                f.write_all(batch.bytes()).map_err(io("cannot write the restored database"))?;
+                let _ = empty_tx.try_send(batch);
+            }
+            Ok(())
+        });
+        let read = (|| -> Result<(), BackupError> {
+            while left > 0 {
+                let mut batch = empty_rx.try_recv().unwrap_or_else(|_| Aligned::new(batch_len));
+                let n = batch_len.min(left);
+                batch.fill(&[], plain, n)?;
+                full_tx.send(batch).map_err(|_| BackupError::Io("the restore's writer stopped".into()))?;
+                left -= n;
+                done += n as u64;
+                progress(done, total);
+            }
+            Ok(())
+        })();
+        drop(full_tx);
+        let written = writer.join().unwrap_or_else(|_| Err(BackupError::Io("the restore's writer failed".into())));
+        // A writer's error explains a reader's "writer stopped".
+        match (read, written) {
+            (Ok(()), w) => w,
+            (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => Err(w),
+            (Err(r), _) => Err(r),
+        }
+    })
 }
 
 /// Writes an encrypted database's pages through SQLCipher, which encrypts

@@ -320,3 +320,50 @@ fn a_restore_checks_the_stored_digest_and_verify_both() {
     tillsync_backup::extract(&dest, &m, &unlock, &out, &key, Check::Stored, |_, _| {}).unwrap();
     assert_eq!(digests_of(&out, &key), digests);
 }
+
+/// A plaintext restore writes the file with direct I/O when its pages make
+/// whole 4 KiB blocks, and through the page cache when they do not (1 KiB
+/// pages and a page count that is not a multiple of 4). Both give the same
+/// state; the till is big enough for many batches of the writer thread.
+#[test]
+fn plaintext_restores_are_whole_with_and_without_direct_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let unlock = unlock(tmp.path());
+    for page_size in [4096u32, 1024, 8192] {
+        let t = tmp.path().join(format!("plain-{page_size}"));
+        till(&t, &KeySpec::Plaintext, 400);
+        let db = t.join(tillsync_store::DB_FILE);
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!("PRAGMA journal_mode=DELETE; PRAGMA page_size={page_size}; VACUUM;")).unwrap();
+        // For 1 KiB pages, make the file a number of pages that is not
+        // whole 4 KiB blocks, so the buffered path runs.
+        for i in 0..16 {
+            let count: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0)).unwrap();
+            if page_size != 1024 || count % 4 != 0 {
+                break;
+            }
+            conn.execute("INSERT INTO meta(key, value) VALUES (?1, ?2)", [format!("pad{i}"), "x".repeat(900)]).unwrap();
+        }
+        conn.execute_batch("PRAGMA journal_mode=WAL;").unwrap();
+        let (got, count): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT page_size FROM pragma_page_size), (SELECT page_count FROM pragma_page_count)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        drop(conn);
+        assert_eq!(got, page_size as i64);
+        assert!(count * got > 4 * 256 * 1024, "{page_size}: several batches ({count} pages)");
+        if page_size == 1024 {
+            assert_ne!(count % 4, 0, "the 1 KiB till is not whole 4 KiB blocks");
+        }
+        let digests = Store::open(&t, Schema::standard(), IdGen::from_u64(8)).unwrap().digests().unwrap();
+        let dest = Folder { dir: tmp.path().join(format!("backups-{page_size}")) };
+        let m = tillsync_backup::create(&db, &dest, &key(), &tmp.path().join("work"), 5, |_, _| {}).unwrap();
+        let out = tmp.path().join(format!("restored-{page_size}.db"));
+        tillsync_backup::extract(&dest, &m, &unlock, &out, &DbKey::Plaintext, Check::Both, |_, _| {}).unwrap();
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), (count * got) as u64, "{page_size}: every page");
+        assert_eq!(digests_of(&out, &DbKey::Plaintext), digests, "{page_size}: the same state");
+    }
+}
