@@ -97,6 +97,10 @@ fn round_trip_and_every_kind_of_damage_is_caught() {
     let r = tmp.path().join("restored");
     ok(&["backup", "restore", "--from", p(&b), "--into", p(&r), "--passphrase-file", p(&pw), "--json"]);
     assert_eq!(digest(&r), digest(&t));
+    // A standalone till keeps its identity: the same device and receipts.
+    let (before, after) = (ok(&["status", "--data", p(&t), "--json"]), ok(&["status", "--data", p(&r), "--json"]));
+    assert_eq!(after["device_id"], before["device_id"]);
+    assert_eq!(after["receipt_prefix"], before["receipt_prefix"]);
     let e = fails(&["backup", "restore", "--from", p(&b), "--into", p(&t), "--passphrase-file", p(&pw)]);
     assert!(e.contains("already holds a till"), "{e}");
     // A wrong passphrase.
