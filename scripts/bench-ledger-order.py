@@ -6,7 +6,8 @@ decide insert speed (BENCHMARKS.md, "Ledger in arrival order").
 
 SHAPE: cur (schema 2: WITHOUT ROWID keyed by id, (tbl, key) and (tbl, hlc)
 indexes), rowid (a rowid table with a unique id and the same two indexes),
-rowid_partial (schema 3: the time index on sales only), rowid_nohlc (no
+rowid_partial (schema 3: the time index on sales only), rowid_partial_hub
+(schema 3 plus the hub's (store_id, id) index), rowid_nohlc (no
 time index). ORDER: hub (20 devices take turns, 1,000 changes each, over
 the same milliseconds, as the hub's log hands them to a till) or seq (one
 device, ids ascending). Each change is a sale and 3 stock movements;
@@ -33,6 +34,10 @@ SQL = {
  'rowid_partial': """CREATE TABLE ledger(id TEXT NOT NULL UNIQUE, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
         device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL);
     CREATE INDEX ledger_key ON ledger(tbl, key); CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';""",
+ 'rowid_partial_hub': """CREATE TABLE ledger(id TEXT NOT NULL UNIQUE, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
+        device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL);
+    CREATE INDEX ledger_key ON ledger(tbl, key); CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';
+    CREATE INDEX hub_ledger_store ON ledger(store_id, id);""",
  'rowid_nohlc': """CREATE TABLE ledger(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
         device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL);
     CREATE INDEX ledger_key ON ledger(tbl, key);""",
