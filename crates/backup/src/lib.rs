@@ -929,14 +929,23 @@ fn write_direct(
             Ok(())
         })();
         drop(full_tx);
-        let written = writer.join().unwrap_or_else(|_| Err(BackupError::Io("the restore's writer failed".into())));
-        // A writer's error explains a reader's "writer stopped".
-        match (read, written) {
-            (Ok(()), w) => w,
-            (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => Err(w),
-            (Err(r), _) => Err(r),
-        }
+        restore_outcome(read, writer.join())
     })
+}
+
+/// The outcome of a restore's two stages: the thread that reads the stream
+/// and the writer it feeds. A damaged stream explains the writer's missing
+/// pages; a writer's error explains the reader's "writer stopped".
+fn restore_outcome(
+    read: Result<(), BackupError>,
+    written: std::thread::Result<Result<(), BackupError>>,
+) -> Result<(), BackupError> {
+    let written = written.unwrap_or_else(|_| Err(BackupError::Io("the restore's writer failed".into())));
+    match (read, written) {
+        (Ok(()), w) => w,
+        (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => Err(w),
+        (Err(r), _) => Err(r),
+    }
 }
 
 /// Writes an encrypted database's pages through SQLCipher, which encrypts
@@ -958,7 +967,7 @@ fn write_encrypted_pages(
     let page_len = h.page_len as usize;
     let batch_len = page_len * (BUF_LEN / page_len).max(1);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(PIPE_BATCHES);
-    let (read, written) = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let writer = s.spawn(move || -> Result<(), BackupError> {
             let fail = sql("cannot write the restored database");
             let conn = rusqlite::Connection::open(target).map_err(&fail)?;
@@ -1012,15 +1021,8 @@ fn write_encrypted_pages(
             Ok(())
         })();
         drop(tx);
-        (read, writer.join().unwrap_or_else(|_| Err(BackupError::Io("the restore's writer failed".into()))))
-    });
-    // A damaged stream explains the writer's missing pages; a writer's
-    // error explains a reader's "writer stopped".
-    match (read, written) {
-        (Ok(()), w) => w,
-        (Err(BackupError::Io(m)), Err(w)) if m.contains("writer stopped") => Err(w),
-        (Err(r), _) => Err(r),
-    }
+        restore_outcome(read, writer.join())
+    })
 }
 
 /// Unpacks a backup made before page streams into `side`; returns the key

@@ -1110,35 +1110,49 @@ fn push_inproc(hub: &SqliteHub, setup: &HubSetup, devices: usize, total: usize, 
         let auth = DeviceAuth { device_id: e.device_id, tenant_id: e.tenant_id, store_id: e.store_id };
         devs.push((auth, SimDevice::new(e.device_id, e.store_id, setup.tenant, 1_000 + d), 0usize));
     }
-    let start = now_ms();
     let mut pushed = 0usize;
     let mut spent = Duration::ZERO;
-    let mut round = 0u64;
-    while pushed < total {
-        for (auth, dev, made) in devs.iter_mut() {
-            let k = (total - pushed).min(batch);
+    for (d, times) in turns(devices, total, batch, now_ms()) {
+        let (auth, dev, made) = &mut devs[d];
+        let changes: Vec<WireChange> = times
+            .iter()
+            .map(|&now| {
+                *made += 1;
+                wire(&if mixed { dev.mixed(*made - 1, now) } else { dev.sale(now) })
+            })
+            .collect();
+        let req = PushRequest { device_time_ms: times[0], changes, ..Default::default() };
+        let t = Instant::now();
+        let (resp, _) = hub.push(auth, &req, now_ms()).expect("in-process push");
+        spent += t.elapsed();
+        let ok = resp.lanes.values().all(|a| a.error.is_none() && a.quarantined.is_empty());
+        assert!(ok && resp.lanes[&Lane::Sales].acked_through == dev.seq_sales, "in-process push acknowledged");
+        pushed += times.len();
+    }
+    Preload { changes: pushed as u64, secs: spent.as_secs_f64() }
+}
+
+/// The pre-load's schedule: `devices` take turns, `batch` changes each,
+/// until `total`; in a round every device's batch covers the same
+/// milliseconds from `start`, so their ids interleave as tills selling at
+/// once do. Each item is a device and the millisecond of each change. The
+/// pull baseline inserts its rows in this order too.
+fn turns(devices: usize, total: usize, batch: usize, start: u64) -> Vec<(usize, Vec<u64>)> {
+    let mut out = Vec::new();
+    let (mut made, mut round) = (0usize, 0u64);
+    while made < total {
+        for d in 0..devices {
+            let k = (total - made).min(batch);
             if k == 0 {
                 break;
             }
             let t0 = start + round * batch as u64;
-            let changes: Vec<WireChange> = (0..k)
-                .map(|j| {
-                    let now = t0 + j as u64;
-                    *made += 1;
-                    wire(&if mixed { dev.mixed(*made - 1, now) } else { dev.sale(now) })
-                })
-                .collect();
-            let req = PushRequest { device_time_ms: t0, changes, ..Default::default() };
-            let t = Instant::now();
-            let (resp, _) = hub.push(auth, &req, now_ms()).expect("in-process push");
-            spent += t.elapsed();
-            let ok = resp.lanes.values().all(|a| a.error.is_none() && a.quarantined.is_empty());
-            assert!(ok && resp.lanes[&Lane::Sales].acked_through == dev.seq_sales, "in-process push acknowledged");
-            pushed += k;
+            out.push((d, (0..k as u64).map(|j| t0 + j).collect()));
+            made += k;
         }
         round += 1;
     }
-    Preload { changes: pushed as u64, secs: spent.as_secs_f64() }
+    out
 }
 
 /// Pushes ROWS/4 sale changes from other devices into the hub's storage
@@ -1246,19 +1260,10 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
         (0..PRELOAD_DEVICES).map(|d| SimDevice::new(ids.new_v7(now_ms()), store_id, Uuid::nil(), 9_000 + d)).collect();
     let mut base_time = Duration::ZERO;
     let mut base_cpu = 0.0;
-    let total = report.pulled as usize;
-    let start = now_ms();
-    let mut order = Vec::with_capacity(total);
-    let mut round = 0u64;
-    while order.len() < total {
-        for d in 0..devs.len() {
-            let k = (total - order.len()).min(PRELOAD_BATCH_LEN);
-            for j in 0..k {
-                order.push((d, start + round * PRELOAD_BATCH_LEN as u64 + j as u64));
-            }
-        }
-        round += 1;
-    }
+    let order: Vec<(usize, u64)> = turns(PRELOAD_DEVICES, report.pulled as usize, PRELOAD_BATCH_LEN, now_ms())
+        .into_iter()
+        .flat_map(|(d, times)| times.into_iter().map(move |t| (d, t)))
+        .collect();
     for page in order.chunks(PULL_PAGE_LEN) {
         let mut rows = Vec::with_capacity(page.len() * ROWS_PER_SALE);
         for &(d, now) in page {

@@ -87,11 +87,20 @@ pub fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if found > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema { found, supported: SCHEMA_VERSION });
     }
+    // A new database (version 0) is made, not upgraded: nothing to say.
+    let upgrade = found > 0 && found < SCHEMA_VERSION;
+    let started = std::time::Instant::now();
+    if upgrade {
+        tracing::info!(from = found, to = SCHEMA_VERSION, "upgrading the database once; a large one takes a while");
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
         tx.commit()?;
+    }
+    if upgrade {
+        tracing::info!(to = SCHEMA_VERSION, took_ms = started.elapsed().as_millis() as u64, "database upgraded");
     }
     Ok(())
 }
