@@ -654,9 +654,19 @@ impl Store {
     /// Indexes ledger rows by store, for a hub that pages and counts one
     /// store's rows among many stores' ([`Store::state_ops`],
     /// [`Store::state_len`]). Tills do not pay for it on every sale: only
-    /// the hub's tenant states call this.
+    /// the hub's tenant states of more than one store call this. Rows
+    /// arrive with their ids interleaved, so each insert into this index
+    /// lands on a page of its own: it costs a single-store tenant about a
+    /// fifth of its ingest rate for nothing (BENCHMARKS.md, issue 3).
     pub fn index_ledger_by_store(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("CREATE INDEX IF NOT EXISTS hub_ledger_store ON ledger(store_id, id)")?;
+        Ok(())
+    }
+
+    /// Drops the index of [`Store::index_ledger_by_store`] (a tenant with
+    /// one store reads its rows in id order through the unique index).
+    pub fn unindex_ledger_by_store(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("DROP INDEX IF EXISTS hub_ledger_store")?;
         Ok(())
     }
 }
