@@ -283,7 +283,7 @@ impl LogRows {
         device: Uuid,
         lane: Lane,
         seq: u64,
-        ops: &[WireOp],
+        ops: &[&WireOp],
     ) -> Result<(), HubError> {
         self.push_json(pos, store, device, lane, seq, serde_json::to_string(ops)?);
         Ok(())

@@ -454,8 +454,10 @@ impl SqliteHub {
 
 /// Splits a change's operations by scope: tenant-wide operations (record
 /// writes, tenant ledgers) and one part per store for store ledgers.
-pub fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<Uuid>, Vec<WireOp>)> {
-    let mut parts: BTreeMap<Option<Uuid>, Vec<WireOp>> = BTreeMap::new();
+/// The parts borrow the wire operations: a push's JSON values are parsed
+/// once and serialized into the log from there, not copied per part.
+pub fn split_scope<'w>(schema: &Schema, ops: &[Op], wire: &'w [WireOp]) -> Vec<(Option<Uuid>, Vec<&'w WireOp>)> {
+    let mut parts: BTreeMap<Option<Uuid>, Vec<&'w WireOp>> = BTreeMap::new();
     for (op, w) in ops.iter().zip(wire) {
         let scope = match op {
             Op::Write(_) => None,
@@ -464,7 +466,7 @@ pub fn split_scope(schema: &Schema, ops: &[Op], wire: &[WireOp]) -> Vec<(Option<
                 _ => None,
             },
         };
-        parts.entry(scope).or_default().push(w.clone());
+        parts.entry(scope).or_default().push(w);
     }
     parts.into_iter().collect()
 }
@@ -475,7 +477,7 @@ fn insert_log(
     device: Uuid,
     lane: Lane,
     seq: u64,
-    ops: &[WireOp],
+    ops: &[&WireOp],
     now_ms: u64,
 ) -> Result<u64, HubError> {
     let json = serde_json::to_string(ops)?;

@@ -55,6 +55,10 @@
 //!   `pg-ingest` run (1,2);
 //! * `--tenants N`, `TILLSYNC_SYNC_TENANTS`: tenants the `pg-ingest` devices
 //!   are dealt to, round robin (1: the workload of 1);
+//! * `--pace N`, `TILLSYNC_SYNC_PACE`: ingest devices push N changes/s in
+//!   all, each on its own schedule (open loop), instead of back to back (0);
+//!   push latency then counts from when a push was due: the latency at a
+//!   given load, not in a burst;
 //! * `--dir PATH`, `TILLSYNC_SYNC_DIR`: where the databases go (default the
 //!   system temp folder; it must be a real disk for fsync to count).
 //!
@@ -114,6 +118,9 @@ struct Config {
     pg: Option<String>,
     hub_procs: Vec<usize>,
     tenants: usize,
+    /// Changes per second offered by all ingest devices together (paced,
+    /// open loop); 0: every device pushes its batches back to back.
+    pace: usize,
 }
 
 impl Config {
@@ -173,6 +180,7 @@ fn config() -> Config {
             .map(|v| v.split(',').map(|n| n.trim().parse().expect("--hub-procs takes numbers")).collect())
             .unwrap_or_else(|| vec![1, 2]),
         tenants: num("--tenants", "TILLSYNC_SYNC_TENANTS", 1, 1).max(1),
+        pace: num("--pace", "TILLSYNC_SYNC_PACE", 0, 0),
     }
 }
 
@@ -653,18 +661,34 @@ async fn ingest_work_for(cfg: &Config, codes: &[String], urls: &[&str]) -> (Work
 
 /// Every device pushes its requests in order, all devices at once. Returns
 /// the push latencies (ms) and the count of refused or failed pushes.
-async fn push_all(work: Work) -> (Vec<f64>, u64) {
+///
+/// With `pace` (changes per second offered by all devices together), each
+/// device sends its k-th batch at its own phase plus k intervals, whether
+/// or not the hub has answered the others (open loop), and a push's latency
+/// counts from when it was due, so a hub that falls behind shows in the
+/// latency instead of slowing the offered load down.
+async fn push_all(work: Work, pace: usize) -> (Vec<f64>, u64) {
+    let devices = work.len().max(1);
+    let interval = (pace > 0).then(|| Duration::from_secs_f64((devices * BATCH_LEN) as f64 / pace as f64));
+    let start = Instant::now();
     let mut tasks = Vec::new();
-    for (client, reqs) in work {
+    for (d, (client, reqs)) in work.into_iter().enumerate() {
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(reqs.len());
             let mut errors = 0u64;
-            for req in reqs {
+            for (k, req) in reqs.into_iter().enumerate() {
                 let mut last: HashMap<Lane, u64> = HashMap::new();
                 for c in &req.changes {
                     last.insert(c.lane, c.seq);
                 }
-                let t = Instant::now();
+                let t = match interval {
+                    Some(every) => {
+                        let due = start + every.mul_f64(k as f64 + d as f64 / devices as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 match client.push(&req).await {
                     Ok(resp) => {
                         lat.push(ms(t.elapsed()));
@@ -707,7 +731,7 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     let total: u64 = (cfg.devices * cfg.per_device) as u64;
     let (cpu0, self0) = (proc.cpu(), proc_cpu("self"));
     let start = Instant::now();
-    let (lat, errors) = push_all(work).await;
+    let (lat, errors) = push_all(work, cfg.pace).await;
     let wall = start.elapsed().as_secs_f64();
     let (hub_cpu, bench_cpu) = (proc.cpu() - cpu0, proc_cpu("self") - self0);
     let mem = proc.mem();
@@ -750,8 +774,14 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
 fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
     let mut s = String::new();
     s += &format!(
-        "### 1. Hub ingest: {} devices x {} changes (80% sales of 4 rows, 20% price writes), batches of {}\n\n",
-        cfg.devices, cfg.per_device, BATCH_LEN
+        "### 1. Hub ingest: {} devices x {} changes (80% sales of 4 rows, 20% price writes), batches of {}, {}\n\n",
+        cfg.devices,
+        cfg.per_device,
+        BATCH_LEN,
+        match cfg.pace {
+            0 => "every device pushing back to back (closed burst)".to_string(),
+            n => format!("paced: {n} changes/s offered in all, open loop, latency from when each push was due"),
+        }
     );
     s += "| run | changes | wall s | hub changes/s | push p50 ms | push p99 ms | push max ms | hub VmHWM MB (before -> after) | hub VmRSS after MB | hub CPU s | hub CPU us/change | clients CPU s | baseline changes/s | hub / baseline | errors | load avg after |\n";
     s += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -810,12 +840,15 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
         fmt_num(median(&base)),
         median(&inproc) / median(&base)
     );
-    let service = col(|r| r.wall * 1e3 / (r.changes as f64 / BATCH_LEN as f64));
-    s += &format!(
-        "| service time of one {BATCH_LEN}-change push (wall / pushes), ms | {} ({}) | - | - | - | - |\n",
-        fmt_num(median(&service)),
-        range(&service)
-    );
+    // Paced, the wall time is the schedule's, not the hub's work.
+    if cfg.pace == 0 {
+        let service = col(|r| r.wall * 1e3 / (r.changes as f64 / BATCH_LEN as f64));
+        s += &format!(
+            "| service time of one {BATCH_LEN}-change push (wall / pushes), ms | {} ({}) | - | - | - | - |\n",
+            fmt_num(median(&service)),
+            range(&service)
+        );
+    }
     s += &format!("| push p50 latency, ms | {} ({}) | - | - | - | - |\n", fmt_num(median(&p50)), range(&p50));
     s += &format!(
         "| push p99 latency, ms | {} ({}) | - | - | < 50 | {} |\n",
@@ -1699,7 +1732,7 @@ async fn pg_ingest_rep(cfg: &Config, server: &str, procs: usize, root: &Path) ->
     let total: u64 = (cfg.devices * cfg.per_device) as u64;
     let cpu0: f64 = hubs.iter().map(HubProc::cpu).sum();
     let start = Instant::now();
-    let (lat, errors) = push_all(work).await;
+    let (lat, errors) = push_all(work, cfg.pace).await;
     let wall = start.elapsed().as_secs_f64();
     let hub_cpu = hubs.iter().map(HubProc::cpu).sum::<f64>() - cpu0;
     drop(hubs);
