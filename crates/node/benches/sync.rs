@@ -59,6 +59,8 @@
 //!   all, each on its own schedule (open loop), instead of back to back (0);
 //!   push latency then counts from when a push was due: the latency at a
 //!   given load, not in a burst;
+//! * `--quota N`, `TILLSYNC_SYNC_QUOTA`: the ingest tenant's quota of
+//!   catalogue and telemetry changes (0: none; the price writes count);
 //! * `--dir PATH`, `TILLSYNC_SYNC_DIR`: where the databases go (default the
 //!   system temp folder; it must be a real disk for fsync to count).
 //!
@@ -121,6 +123,9 @@ struct Config {
     /// Changes per second offered by all ingest devices together (paced,
     /// open loop); 0: every device pushes its batches back to back.
     pace: usize,
+    /// The ingest tenant's quota of catalogue and telemetry changes (0:
+    /// none), so the quota's bookkeeping is part of what is measured.
+    quota: usize,
 }
 
 impl Config {
@@ -181,6 +186,7 @@ fn config() -> Config {
             .unwrap_or_else(|| vec![1, 2]),
         tenants: num("--tenants", "TILLSYNC_SYNC_TENANTS", 1, 1).max(1),
         pace: num("--pace", "TILLSYNC_SYNC_PACE", 0, 0),
+        quota: num("--quota", "TILLSYNC_SYNC_QUOTA", 0, 0),
     }
 }
 
@@ -723,6 +729,9 @@ async fn push_all(work: Work, pace: usize) -> (Vec<f64>, u64) {
 async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     let dir = root.join(format!("ingest-{rep}"));
     let (hub, setup) = setup_hub(&dir.join("hub"), cfg.devices);
+    if cfg.quota > 0 {
+        hub.set_quota(setup.tenant, cfg.quota as u64).expect("quota");
+    }
     drop(hub);
     let proc = HubProc::spawn(cfg, &dir.join("hub"));
     let hwm_before = proc.mem().hwm;
@@ -747,6 +756,9 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     // Diagnostic: the same kind of changes through `SqliteHub::push` in this
     // process (no HTTP, no JSON, no concurrency), one thread.
     let (hub, setup) = setup_hub(&dir.join("hub-inproc"), cfg.devices);
+    if cfg.quota > 0 {
+        hub.set_quota(setup.tenant, cfg.quota as u64).expect("quota");
+    }
     let inproc = push_inproc(&hub, &setup, cfg.devices, total as usize, BATCH_LEN, true);
     drop(hub);
     let _ = std::fs::remove_dir_all(&dir);
