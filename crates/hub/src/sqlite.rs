@@ -305,7 +305,7 @@ impl SqliteHub {
         // store's: a tenant of several stores needs the index for that, a
         // tenant of one store reads them through the unique id index and
         // is spared the index's scattered inserts on every push.
-        if self.store_count(tenant)? > 1 {
+        if self.multi_store(tenant)? {
             store.index_ledger_by_store()?;
         } else {
             store.unindex_ledger_by_store()?;
@@ -329,13 +329,15 @@ impl SqliteHub {
         Ok(store)
     }
 
-    fn store_count(&self, tenant: Uuid) -> Result<u64, HubError> {
+    /// Whether the tenant has two or more stores: then its ledger is
+    /// indexed by store (see `tenant`).
+    fn multi_store(&self, tenant: Uuid) -> Result<bool, HubError> {
         let n: i64 = self.control.lock().expect("control").query_row(
             "SELECT count(*) FROM stores WHERE tenant = ?1",
             [tenant.to_string()],
             |r| r.get(0),
         )?;
-        Ok(n as u64)
+        Ok(n > 1)
     }
 
     /// Moves the hub's own changes (policies, sample data) from the tenant
@@ -626,7 +628,7 @@ impl HubStorage for SqliteHub {
             )?;
             c.query_row("SELECT sample FROM tenants WHERE id = ?1", [tenant.to_string()], |r| r.get(0))?
         };
-        if self.store_count(tenant)? > 1 {
+        if self.multi_store(tenant)? {
             // The second store: from now on snapshot pages pick one store's
             // rows among two (see `tenant`). Built once, under the tenant's
             // lock, in seconds for a million rows.
@@ -1104,7 +1106,7 @@ impl HubStorage for SqliteHub {
     ) -> Result<SnapshotPage, HubError> {
         let limit = limit_len.clamp(1, SNAPSHOT_PAGE_LEN_MAX);
         let t = self.tenant(dev.tenant_id)?;
-        let multi_store = after.is_none() && self.store_count(dev.tenant_id)? > 1;
+        let multi_store = after.is_none() && self.multi_store(dev.tenant_id)?;
         let store = t.lock();
         let mut page = SnapshotPage::default();
         if after.is_none() {

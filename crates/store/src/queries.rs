@@ -656,8 +656,8 @@ impl Store {
     /// [`Store::state_len`]). Tills do not pay for it on every sale: only
     /// the hub's tenant states of more than one store call this. Rows
     /// arrive with their ids interleaved, so each insert into this index
-    /// lands on a page of its own: it costs a single-store tenant about a
-    /// fifth of its ingest rate for nothing (BENCHMARKS.md, issue 3).
+    /// lands on a page of its own: it cost a single-store tenant about a
+    /// quarter of its ingest rate for nothing (BENCHMARKS.md, issue 3).
     pub fn index_ledger_by_store(&self) -> Result<(), StoreError> {
         self.conn.execute_batch("CREATE INDEX IF NOT EXISTS hub_ledger_store ON ledger(store_id, id)")?;
         Ok(())
