@@ -6,7 +6,8 @@
 //!    running as a child process, over loopback HTTP with zstd bodies
 //!    (`HubClient::push`). Baseline: the same rows as JSON text inserted with
 //!    rusqlite into a table shaped like the store's `ledger` (WAL,
-//!    `synchronous=FULL`), one transaction per 200 changes.
+//!    `synchronous=FULL`), one transaction per 200 changes; then the same
+//!    into other shapes (`ALT_SCHEMAS`: ids unique per device; no index).
 //! 2. `propagation`: till A sells and runs `sync_once`; till B runs
 //!    `tillsync_node::run::run` (live events, 60 s timer) in its own thread.
 //!    Measured: A's commit to the sale being committed in B's database (a
@@ -18,7 +19,7 @@
 //!    all of it with one `sync_once` while another thread sells on the same
 //!    till every 10 ms through its own `Store` (as `till sale` beside
 //!    `till node run` does). Baseline: the same rows inserted raw, 500 changes
-//!    per transaction.
+//!    per transaction; then the same into `ALT_SCHEMAS`.
 //! 4. `bootstrap`: `enrol_and_bootstrap` of a fresh till against that hub,
 //!    through a byte-counting loopback proxy. Baseline: `VACUUM INTO` of the
 //!    hub's tenant database plus zstd (level 3) of the file.
@@ -531,6 +532,41 @@ const BASE_SQL: &str = "
     CREATE INDEX ledger_key ON ledger(tbl, key);
     CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';";
 
+// Other shapes for the same rows and transactions, measured after the
+// baseline in the same run, so a schema change can be judged before it is
+// made. 1: the ids unique per device, `UNIQUE (device, id)`, with the same
+// two indexes: one device's ids grow with its clock, so a batch's rows land
+// together in that index, where in the id index the ids of many tills in the
+// same milliseconds interleave and every insert lands on a page of its own.
+// 2: the floor, a plain rowid table with no id constraint and no index: no
+// store that recognises rows by id can do less per row, so a goal above it
+// cannot be met by storing each row in SQLite on this machine.
+const ALT_SCHEMAS: [(&str, &str); 2] = [
+    (
+        "the same with `UNIQUE (device, id)` in place of the unique id",
+        "CREATE TABLE ledger(
+            id TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
+            device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL, UNIQUE (device, id)
+        );
+        CREATE INDEX ledger_key ON ledger(tbl, key);
+        CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';",
+    ),
+    (
+        "floor: a rowid table with no id constraint and no index",
+        "CREATE TABLE ledger(
+            id TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT, store_id TEXT NOT NULL,
+            device TEXT NOT NULL, hlc INTEGER NOT NULL, data TEXT NOT NULL
+        );",
+    ),
+];
+
+/// One of [`ALT_SCHEMAS`], measured: changes/s and the thread's CPU seconds.
+#[derive(Clone, Copy, Default)]
+struct Alt {
+    rate: f64,
+    cpu: f64,
+}
+
 struct BaseRow {
     id: String,
     tbl: String,
@@ -567,10 +603,14 @@ fn base_rows(c: &Change, out: &mut Vec<BaseRow>) {
 }
 
 fn base_db(path: &Path) -> Connection {
+    schema_db(path, BASE_SQL)
+}
+
+fn schema_db(path: &Path, sql: &str) -> Connection {
     let conn = Connection::open(path).expect("baseline db");
     conn.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(())).expect("wal");
     conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA cache_size=-16000;").expect("pragmas");
-    conn.execute_batch(BASE_SQL).expect("schema");
+    conn.execute_batch(sql).expect("schema");
     conn
 }
 
@@ -610,6 +650,8 @@ struct IngestRep {
     wall: f64,
     base_rate: f64,
     base_cpu: f64,
+    /// [`ALT_SCHEMAS`] in order.
+    alts: Vec<Alt>,
     errors: u64,
     logged: u64,
     load: String,
@@ -752,6 +794,16 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
     let base_time: Duration = base_txns.iter().map(|rows| base_insert(&conn, rows)).sum();
     let base_cpu = proc_cpu("thread-self") - thread0;
     drop(conn);
+    let alts = ALT_SCHEMAS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, sql))| {
+            let conn = schema_db(&dir.join(format!("alt-{i}.db")), sql);
+            let thread0 = proc_cpu("thread-self");
+            let time: Duration = base_txns.iter().map(|rows| base_insert(&conn, rows)).sum();
+            Alt { rate: total as f64 / time.as_secs_f64(), cpu: proc_cpu("thread-self") - thread0 }
+        })
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
     // Diagnostic: the same kind of changes through `SqliteHub::push` in this
     // process (no HTTP, no JSON, no concurrency), one thread.
@@ -777,6 +829,7 @@ async fn ingest_rep(cfg: &Config, root: &Path, rep: usize) -> IngestRep {
         wall,
         base_rate: total as f64 / base_time.as_secs_f64(),
         base_cpu,
+        alts,
         errors,
         logged,
         load: loadavg(),
@@ -845,6 +898,7 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
         fmt_num(median(&base_cpu)),
         median(&cpu) / median(&base_cpu)
     );
+    s += &report_alts(reps.iter().map(|r| (r.changes, r.alts.as_slice())), median(&base));
     s += &format!(
         "| diagnostic: same changes through `SqliteHub::push` in-process, 1 thread, batches of {BATCH_LEN}, changes/s | {} ({}) | {} | {:.3} | - | - |\n",
         fmt_num(median(&inproc)),
@@ -874,6 +928,24 @@ fn report_ingest(cfg: &Config, reps: &[IngestRep]) -> String {
         range(&hwm),
         yes(median(&hwm) < 100.0)
     );
+    s
+}
+
+/// Table rows for [`ALT_SCHEMAS`], from each run's changes and measured
+/// shapes, beside the baseline's median rate.
+fn report_alts<'a>(runs: impl Iterator<Item = (u64, &'a [Alt])> + Clone, base: f64) -> String {
+    let mut s = String::new();
+    for (i, (label, _)) in ALT_SCHEMAS.iter().enumerate() {
+        let rate: Vec<f64> = runs.clone().map(|(_, a)| a[i].rate).collect();
+        let cpu: Vec<f64> = runs.clone().map(|(n, a)| n as f64 / a[i].cpu).collect();
+        s += &format!(
+            "| baseline variant, {label}: changes/s (per CPU second) | - | {} ({}; CPU {}) | variant / baseline {:.2} | - | - |\n",
+            fmt_num(median(&rate)),
+            range(&rate),
+            fmt_num(median(&cpu)),
+            median(&rate) / base
+        );
+    }
     s
 }
 
@@ -1111,6 +1183,8 @@ struct PullRep {
     hub_cpu: f64,
     till_cpu: f64,
     base_cpu: f64,
+    /// [`ALT_SCHEMAS`] in order, for the same pages.
+    alts: Vec<Alt>,
     load: String,
 }
 
@@ -1309,6 +1383,13 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
         .into_iter()
         .flat_map(|(d, times)| times.into_iter().map(move |t| (d, t)))
         .collect();
+    let alt_conns: Vec<Connection> = ALT_SCHEMAS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, sql))| schema_db(&dir.join(format!("pull-alt-{rep}-{i}.db")), sql))
+        .collect();
+    let mut alt_time = vec![Duration::ZERO; ALT_SCHEMAS.len()];
+    let mut alts = vec![Alt::default(); ALT_SCHEMAS.len()];
     for page in order.chunks(PULL_PAGE_LEN) {
         let mut rows = Vec::with_capacity(page.len() * ROWS_PER_SALE);
         for &(d, now) in page {
@@ -1317,14 +1398,24 @@ async fn pull_rep(cfg: &Config, dir: &Path, proc: &HubProc, code: &str, rep: usi
         let c0 = proc_cpu("thread-self");
         base_time += base_insert(&conn, &rows);
         base_cpu += proc_cpu("thread-self") - c0;
+        for (i, alt) in alt_conns.iter().enumerate() {
+            let c0 = proc_cpu("thread-self");
+            alt_time[i] += base_insert(alt, &rows);
+            alts[i].cpu += proc_cpu("thread-self") - c0;
+        }
     }
-    drop(conn);
+    drop((conn, alt_conns));
     let _ = std::fs::remove_file(dir.join(format!("pull-baseline-{rep}.db")));
+    for (i, alt) in alts.iter_mut().enumerate() {
+        alt.rate = report.pulled as f64 / alt_time[i].as_secs_f64();
+        let _ = std::fs::remove_file(dir.join(format!("pull-alt-{rep}-{i}.db")));
+    }
     PullRep {
         pulled: report.pulled,
         secs,
         rate: report.pulled as f64 / secs,
         base_rate: report.pulled as f64 / base_time.as_secs_f64(),
+        alts,
         sales: st.during,
         idle: st.idle,
         sale_errors: st.errors,
@@ -1565,6 +1656,7 @@ fn report_pull(cfg: &Config, pre: &str, reps: &[PullRep]) -> String {
         fmt_num(median(&hub_cpu)),
         range(&hub_cpu)
     );
+    s += &report_alts(reps.iter().map(|r| (r.pulled, r.alts.as_slice())), median(&base));
     if cfg.seller {
         let worst_all = worst.iter().copied().fold(0.0, f64::max);
         s += &format!(
