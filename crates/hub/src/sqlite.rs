@@ -301,6 +301,10 @@ impl SqliteHub {
             store.set_wal_autocheckpoint_pages(crate::checkpoint::TENANT_WAL_AUTOCHECKPOINT_PAGES)?;
             c.watch(dir.join(tillsync_store::DB_FILE));
         }
+        // A tenant state is written by pushes and read by id or whole,
+        // never by a till's screens: the till's read indexes only slowed
+        // every push (also dropped from files made before this rule).
+        store.unindex_ledger_for_hub()?;
         // Snapshot pages read one store's ledger rows by id among every
         // store's: a tenant of several stores needs the index for that, a
         // tenant of one store reads them through the unique id index and
@@ -1270,13 +1274,59 @@ mod tests {
         }
     }
 
-    fn has_store_index(hub: &SqliteHub, tenant: Uuid) -> bool {
+    fn has_index(hub: &SqliteHub, tenant: Uuid, name: &str) -> bool {
         let t = hub.tenant(tenant).expect("tenant");
         let s = t.lock();
         s.connection()
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'hub_ledger_store'", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1", [name], |r| {
+                r.get::<_, i64>(0)
+            })
             .expect("schema")
             == 1
+    }
+
+    fn has_store_index(hub: &SqliteHub, tenant: Uuid) -> bool {
+        has_index(hub, tenant, "hub_ledger_store")
+    }
+
+    const TILL_READ_INDEXES: [&str; 2] = ["ledger_key", "ledger_sales_hlc"];
+
+    #[test]
+    fn a_tenant_state_has_none_of_the_tills_read_indexes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now = 1_800_000_000_000;
+        let tenant = {
+            let hub = SqliteHub::open(dir.path(), IdGen::from_seed([7; 32])).expect("hub");
+            let (tenant, _) = hub.create_tenant("shop", true, now).expect("tenant");
+            hub.create_store(tenant, "one", now).expect("store");
+            for name in TILL_READ_INDEXES {
+                assert!(!has_index(&hub, tenant, name), "{name} on a new tenant state");
+            }
+            // A tenant file from before this rule has them: the next open
+            // drops them.
+            let t = hub.tenant(tenant).expect("tenant");
+            t.lock()
+                .connection()
+                .execute_batch(
+                    "CREATE INDEX ledger_key ON ledger(tbl, key);
+                     CREATE INDEX ledger_sales_hlc ON ledger(hlc, id) WHERE tbl = 'sales';",
+                )
+                .expect("old indexes");
+            tenant
+        };
+        let hub = SqliteHub::open(dir.path(), IdGen::from_seed([8; 32])).expect("hub");
+        for name in TILL_READ_INDEXES {
+            assert!(!has_index(&hub, tenant, name), "{name} kept at open");
+        }
+        // What the hub reads still answers: the unique id index pages the
+        // snapshot, and the sample's opening stock is all there.
+        let t = hub.tenant(tenant).expect("tenant");
+        let s = t.lock();
+        let page = s.state_ops(None, None, None, 100_000).expect("ops");
+        let ledger = page.iter().filter(|o| matches!(o, Op::Insert(_))).count();
+        assert_eq!(ledger, tillsync_store::sample::PRODUCTS.len());
+        assert_eq!(s.state_len(None).expect("len"), page.len() as u64);
+        assert!(s.digests_for(None).is_ok());
     }
 
     #[test]

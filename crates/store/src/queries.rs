@@ -663,6 +663,19 @@ impl Store {
         Ok(())
     }
 
+    /// Drops the ledger's `ledger_key` and `ledger_sales_hlc` indexes. They
+    /// serve a till's own reads (a sale by receipt, stock by SKU, the newest
+    /// sales first), which a hub's tenant state never makes: it is written
+    /// by pushes and read in id order (snapshots), whole (digests) or by
+    /// store. Rows of many tills arrive interleaved in time, so both indexes
+    /// took scattered inserts on every push (BENCHMARKS.md, issue 3). After
+    /// this, [`Store::sales`] and `ledger_rows("sales")`, which name the time
+    /// index, refuse with "no such index"; key lookups scan.
+    pub fn unindex_ledger_for_hub(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("DROP INDEX IF EXISTS ledger_key; DROP INDEX IF EXISTS ledger_sales_hlc;")?;
+        Ok(())
+    }
+
     /// Drops the index of [`Store::index_ledger_by_store`] (a tenant with
     /// one store reads its rows in id order through the unique index).
     pub fn unindex_ledger_by_store(&self) -> Result<(), StoreError> {
