@@ -87,6 +87,14 @@ CREATE TABLE IF NOT EXISTS hub_quarantine(
 ) WITHOUT ROWID;
 "#;
 
+/// Page cache of a tenant state's connection, in KiB (a till's is 16,000).
+/// A push writes near the end of the tenant's indexes and a pull or a
+/// snapshot reads pages once, so a big cache held little worth keeping:
+/// at 4,000 the ingest and bootstrap rates did not change, and the hub's
+/// peak memory fell by 12 to 13 MB per tenant (86 to 73 MB in the ingest
+/// burst, 104 to 92 MB over 100,000 changes; BENCHMARKS.md, issue 3).
+pub const TENANT_CACHE_KIB: u32 = 4_000;
+
 /// Longest a pull page may be, in entries.
 pub const PULL_LEN_MAX: usize = 1_000;
 /// Most changes in one push.
@@ -305,6 +313,7 @@ impl SqliteHub {
         // never by a till's screens: the till's read indexes only slowed
         // every push (also dropped from files made before this rule).
         store.unindex_ledger_for_hub()?;
+        store.set_cache_kib(TENANT_CACHE_KIB)?;
         // Snapshot pages read one store's ledger rows by id among every
         // store's: a tenant of several stores needs the index for that, a
         // tenant of one store reads them through the unique id index and
