@@ -525,7 +525,8 @@ impl PgHub {
         let mut seed = [0u8; 32];
         self.ids.lock().expect("ids").fill(&mut seed);
         let store = Store::in_memory(identity, self.schema.clone(), IdGen::from_seed(seed))?;
-        store.index_ledger_by_store()?;
+        // Read as a hub reads (snapshot pages of one store among many).
+        store.set_hub_indexes(true)?;
         let m = Arc::new(Mutex::new(Merged { store, pos: 0 }));
         map.insert(tenant, m.clone());
         Ok(m)

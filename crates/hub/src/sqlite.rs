@@ -91,8 +91,9 @@ CREATE TABLE IF NOT EXISTS hub_quarantine(
 /// A push writes near the end of the tenant's indexes and a pull or a
 /// snapshot reads pages once, so a big cache held little worth keeping:
 /// at 4,000 the ingest and bootstrap rates did not change, and the hub's
-/// peak memory fell by 12 to 13 MB per tenant (86 to 73 MB in the ingest
-/// burst, 104 to 92 MB over 100,000 changes; BENCHMARKS.md, issue 3).
+/// peak memory with one busy tenant fell by about 10 MB (83 to 72-74 MB
+/// in the ingest burst, median 104 to 93 MB over 100,000 changes;
+/// BENCHMARKS.md, issue 3).
 pub const TENANT_CACHE_KIB: u32 = 4_000;
 
 /// Longest a pull page may be, in entries.
@@ -309,20 +310,13 @@ impl SqliteHub {
             store.set_wal_autocheckpoint_pages(crate::checkpoint::TENANT_WAL_AUTOCHECKPOINT_PAGES)?;
             c.watch(dir.join(tillsync_store::DB_FILE));
         }
-        // A tenant state is written by pushes and read by id or whole,
-        // never by a till's screens: the till's read indexes only slowed
-        // every push (also dropped from files made before this rule).
-        store.unindex_ledger_for_hub()?;
+        // A tenant state is written by pushes and read by id, by store or
+        // whole, never by a till's screens. Snapshot pages read one store's
+        // rows among every store's: only a tenant of several stores needs
+        // an index for that; one store reads its rows through the unique
+        // id index. Files made before these rules are brought to them here.
+        store.set_hub_indexes(self.multi_store(tenant)?)?;
         store.set_cache_kib(TENANT_CACHE_KIB)?;
-        // Snapshot pages read one store's ledger rows by id among every
-        // store's: a tenant of several stores needs the index for that, a
-        // tenant of one store reads them through the unique id index and
-        // is spared the index's scattered inserts on every push.
-        if self.multi_store(tenant)? {
-            store.index_ledger_by_store()?;
-        } else {
-            store.unindex_ledger_by_store()?;
-        }
         // Tenant files made before the log chain existed get its column.
         let has_chain: bool = store
             .connection()
@@ -647,7 +641,7 @@ impl HubStorage for SqliteHub {
             // lock, in seconds for a million rows.
             let s = t.lock();
             let started = std::time::Instant::now();
-            s.index_ledger_by_store()?;
+            s.set_hub_indexes(true)?;
             tracing::info!(%tenant, took_ms = started.elapsed().as_millis() as u64, "ledger indexed by store");
         }
         if sample {
@@ -1349,7 +1343,12 @@ mod tests {
             assert!(!has_store_index(&hub, tenant), "one store needs no index by store");
             // A tenant file from before this rule has the index: opening
             // it with one store drops it.
-            hub.tenant(tenant).expect("tenant").lock().index_ledger_by_store().expect("index");
+            hub.tenant(tenant)
+                .expect("tenant")
+                .lock()
+                .connection()
+                .execute_batch("CREATE INDEX hub_ledger_store ON ledger(store_id, id)")
+                .expect("index");
             (tenant, first)
         };
         let hub = SqliteHub::open(dir.path(), IdGen::from_seed([8; 32])).expect("hub");

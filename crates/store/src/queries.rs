@@ -651,35 +651,25 @@ impl Store {
         Ok((writes + ledger) as u64)
     }
 
-    /// Indexes ledger rows by store, for a hub that pages and counts one
-    /// store's rows among many stores' ([`Store::state_ops`],
-    /// [`Store::state_len`]). Tills do not pay for it on every sale: only
-    /// the hub's tenant states of more than one store call this. Rows
-    /// arrive with their ids interleaved, so each insert into this index
-    /// lands on a page of its own: it cost a single-store tenant about a
-    /// quarter of its ingest rate for nothing (BENCHMARKS.md, issue 3).
-    pub fn index_ledger_by_store(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("CREATE INDEX IF NOT EXISTS hub_ledger_store ON ledger(store_id, id)")?;
-        Ok(())
-    }
-
-    /// Drops the ledger's `ledger_key` and `ledger_sales_hlc` indexes. They
-    /// serve a till's own reads (a sale by receipt, stock by SKU, the newest
-    /// sales first), which a hub's tenant state never makes: it is written
-    /// by pushes and read in id order (snapshots), whole (digests) or by
-    /// store. Rows of many tills arrive interleaved in time, so both indexes
-    /// took scattered inserts on every push (BENCHMARKS.md, issue 3). After
-    /// this, [`Store::sales`] and `ledger_rows("sales")`, which name the time
+    /// Gives the ledger a hub's indexes instead of a till's. A hub's tenant
+    /// state is written by pushes and read by id (snapshot pages, duplicate
+    /// rows), by store or whole (digests), never by receipt, SKU or sale
+    /// time: a till's `ledger_key` and `ledger_sales_hlc` are dropped. Rows
+    /// of many tills arrive interleaved in time, so every index took
+    /// scattered inserts on every push (BENCHMARKS.md, issue 3). With
+    /// `by_store` (a tenant of two or more stores) the ledger is indexed by
+    /// `(store_id, id)`, to page and count one store's rows among many;
+    /// without, that index is dropped too, since it cost a one-store
+    /// tenant about a quarter of its ingest rate for nothing. After this,
+    /// [`Store::sales`] and `ledger_rows("sales")`, which name the time
     /// index, refuse with "no such index"; key lookups scan.
-    pub fn unindex_ledger_for_hub(&self) -> Result<(), StoreError> {
+    pub fn set_hub_indexes(&self, by_store: bool) -> Result<(), StoreError> {
         self.conn.execute_batch("DROP INDEX IF EXISTS ledger_key; DROP INDEX IF EXISTS ledger_sales_hlc;")?;
-        Ok(())
-    }
-
-    /// Drops the index of [`Store::index_ledger_by_store`] (a tenant with
-    /// one store reads its rows in id order through the unique index).
-    pub fn unindex_ledger_by_store(&self) -> Result<(), StoreError> {
-        self.conn.execute_batch("DROP INDEX IF EXISTS hub_ledger_store")?;
+        self.conn.execute_batch(if by_store {
+            "CREATE INDEX IF NOT EXISTS hub_ledger_store ON ledger(store_id, id)"
+        } else {
+            "DROP INDEX IF EXISTS hub_ledger_store"
+        })?;
         Ok(())
     }
 }
